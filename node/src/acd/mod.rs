@@ -1,0 +1,435 @@
+//! Automatic call distribution: queue and agent actors.
+//!
+//! The protocol between the three actor kinds, so that no agent is ever offered two calls:
+//!
+//! 1. A call actor sends [`QueueMsg::Enqueue`] with its [`CallAddr`] (node and call id).
+//! 2. Agent actors tell each of their queues when they become available
+//!    ([`QueueMsg::AgentAvailable`]) or stop being available ([`QueueMsg::AgentUnavailable`]).
+//! 3. With a caller waiting and an agent available, the queue picks the caller (priority, then
+//!    FIFO) and the agent (longest idle), and asks the agent actor to [`AgentMsg::Reserve`] itself.
+//!    The agent actor is the only place that moves an agent from Available to Offered, so two
+//!    queues racing for one agent cannot both win.
+//! 4. On a successful reservation (which answers with the agent's registered contacts) the queue
+//!    sends [`CallMsg::Offer`] to the call actor, which rings the agent's phone and reports
+//!    back with [`QueueMsg::OfferOutcome`]; the queue relays the outcome to the agent
+//!    ([`AgentMsg::OfferAnswered`] / [`AgentMsg::OfferMissed`]).
+//! 5. When the connected call ends the call actor sends [`AgentMsg::CallEnded`]; the agent wraps
+//!    up and becomes available again.
+//!
+//! State is plain data ([`queue::QueueState`], [`agent::AgentState`]) owned by the actor, so the
+//! failover issue can replicate it.
+//!
+//! In a cluster the three actors may live on different nodes. The tell-variants that can cross
+//! the mesh have a serde twin ([`WireQueueMsg`], [`WireAgentMsg`]; asks: [`QueueAsk`],
+//! [`AgentAsk`]); `crate::remote` carries them. Variants an actor sends only to itself (`Tick`,
+//! `WrapUpDone`) have none.
+
+pub mod agent;
+pub mod queue;
+
+use ractor::RpcReplyPort;
+use serde::{Deserialize, Serialize};
+use switchyard_cluster::state::NodeId;
+
+#[cfg(doc)]
+use crate::call::CallMsg;
+use crate::remote::CallAddr;
+
+/// Switchyard's own call id (not a SIP Call-ID; a call has two of those).
+pub type CallId = String;
+/// An agent's extension, e.g. `"2001"`.
+pub type AgentId = String;
+
+/// Messages a queue actor handles.
+pub enum QueueMsg {
+    /// A caller joins the queue.
+    Enqueue {
+        /// Where the call actor lives; `call.call_id` identifies the caller in the queue.
+        call: CallAddr,
+        priority: u8,
+        /// Unix milliseconds when the caller first entered any queue; an overflowed caller keeps it.
+        since_ms: u64,
+    },
+    /// The caller left before being connected (hung up, cancelled).
+    Abandon { call_id: CallId },
+    /// What became of an offer this queue made with [`CallMsg::Offer`].
+    OfferOutcome {
+        call: CallAddr,
+        agent_id: AgentId,
+        outcome: OfferOutcome,
+    },
+    /// An agent serving this queue became available.
+    /// The queue addresses the agent by id through its agent directory.
+    AgentAvailable {
+        agent_id: AgentId,
+        /// Unix milliseconds since which the agent has been idle (for longest-idle).
+        idle_since_ms: u64,
+    },
+    /// An agent serving this queue is no longer available (offered elsewhere, on a call, not ready).
+    AgentUnavailable { agent_id: AgentId },
+    /// Periodic check of max-wait overflow.
+    Tick,
+    /// Current state, for the HTTP API.
+    Snapshot(RpcReplyPort<queue::QueueSnapshot>),
+}
+
+/// How an offer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OfferOutcome {
+    /// The agent answered: the call is connected.
+    Answered,
+    /// The agent's phone rang until the offer timeout.
+    NoAnswer,
+    /// The agent's phone refused (busy, decline, any 4xx-6xx).
+    Rejected,
+    /// The agent could not be reached (no registered contact, transport error, timeout B).
+    Failed,
+    /// The caller hung up while the agent was ringing.
+    CallerAbandoned,
+}
+
+/// The state an operator (HTTP API) can ask an agent to be in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state", content = "reason")]
+pub enum RequestedState {
+    Available,
+    NotReady(String),
+    LoggedOut,
+}
+
+/// Messages an agent actor handles.
+pub enum AgentMsg {
+    /// The contact URIs registered for the agent's extension at `node` (replacing what that node
+    /// reported before; empty when it holds none). The agent is registered while any node holds
+    /// a contact, so a phone may register at any node of a cluster.
+    Contacts { node: NodeId, contacts: Vec<String> },
+    /// `queue` (re)started and knows no agents: tell it whether this agent is available.
+    Announce { queue: String },
+    /// Reserve this agent for `call_id` (Available -> Offered). Replies with the agent's contact
+    /// URIs on success (for the call actor to ring), `None` if the agent is not Available; the
+    /// queue then tries another agent. An agent whose node may not act for it (see
+    /// `crate::remote::Fence`) does not answer at all, and the queue retries it later.
+    Reserve {
+        call_id: CallId,
+        /// The reserving queue: its wrap-up time and miss limit apply to this call.
+        queue: String,
+        reply: RpcReplyPort<Option<Vec<String>>>,
+    },
+    /// The offered call was answered (Offered -> OnCall).
+    OfferAnswered { call_id: CallId },
+    /// The offered call was not answered; counts a miss unless the caller abandoned
+    /// (Offered -> Available, or NotReady("no-answer") after too many consecutive misses).
+    OfferMissed {
+        call_id: CallId,
+        outcome: OfferOutcome,
+    },
+    /// The connected call ended (OnCall -> WrapUp, then Available after the wrap-up time).
+    CallEnded { call_id: CallId },
+    /// Wrap-up time elapsed (sent by the actor to itself).
+    WrapUpDone { call_id: CallId },
+    /// Operator request from the HTTP API.
+    SetState {
+        state: RequestedState,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Current state, for the HTTP API.
+    Snapshot(RpcReplyPort<agent::AgentSnapshot>),
+}
+
+/// The [`QueueMsg`] tells that cross the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireQueueMsg {
+    Enqueue {
+        call: CallAddr,
+        priority: u8,
+        since_ms: u64,
+    },
+    Abandon {
+        call_id: CallId,
+    },
+    OfferOutcome {
+        call: CallAddr,
+        agent_id: AgentId,
+        outcome: OfferOutcome,
+    },
+    AgentAvailable {
+        agent_id: AgentId,
+        idle_since_ms: u64,
+    },
+    AgentUnavailable {
+        agent_id: AgentId,
+    },
+}
+
+/// The [`QueueMsg`] asks that cross the mesh; answered with [`queue::QueueSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueAsk {
+    Snapshot,
+}
+
+impl From<WireQueueMsg> for QueueMsg {
+    fn from(msg: WireQueueMsg) -> Self {
+        match msg {
+            WireQueueMsg::Enqueue {
+                call,
+                priority,
+                since_ms,
+            } => Self::Enqueue {
+                call,
+                priority,
+                since_ms,
+            },
+            WireQueueMsg::Abandon { call_id } => Self::Abandon { call_id },
+            WireQueueMsg::OfferOutcome {
+                call,
+                agent_id,
+                outcome,
+            } => Self::OfferOutcome {
+                call,
+                agent_id,
+                outcome,
+            },
+            WireQueueMsg::AgentAvailable {
+                agent_id,
+                idle_since_ms,
+            } => Self::AgentAvailable {
+                agent_id,
+                idle_since_ms,
+            },
+            WireQueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
+        }
+    }
+}
+
+/// Fails (giving the message back) for asks and for `Tick`, which the queue sends itself.
+impl TryFrom<QueueMsg> for WireQueueMsg {
+    type Error = QueueMsg;
+
+    fn try_from(msg: QueueMsg) -> Result<Self, QueueMsg> {
+        Ok(match msg {
+            QueueMsg::Enqueue {
+                call,
+                priority,
+                since_ms,
+            } => Self::Enqueue {
+                call,
+                priority,
+                since_ms,
+            },
+            QueueMsg::Abandon { call_id } => Self::Abandon { call_id },
+            QueueMsg::OfferOutcome {
+                call,
+                agent_id,
+                outcome,
+            } => Self::OfferOutcome {
+                call,
+                agent_id,
+                outcome,
+            },
+            QueueMsg::AgentAvailable {
+                agent_id,
+                idle_since_ms,
+            } => Self::AgentAvailable {
+                agent_id,
+                idle_since_ms,
+            },
+            QueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
+            other @ (QueueMsg::Tick | QueueMsg::Snapshot(_)) => return Err(other),
+        })
+    }
+}
+
+/// The [`AgentMsg`] tells that cross the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireAgentMsg {
+    Contacts {
+        node: NodeId,
+        contacts: Vec<String>,
+    },
+    Announce {
+        queue: String,
+    },
+    OfferAnswered {
+        call_id: CallId,
+    },
+    OfferMissed {
+        call_id: CallId,
+        outcome: OfferOutcome,
+    },
+    CallEnded {
+        call_id: CallId,
+    },
+}
+
+/// The [`AgentMsg`] asks that cross the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentAsk {
+    /// Answered with the contacts on success, as [`AgentMsg::Reserve`].
+    Reserve { call_id: CallId, queue: String },
+    /// Answered with `Result<(), String>`, as [`AgentMsg::SetState`].
+    SetState { state: RequestedState },
+    /// Answered with [`agent::AgentSnapshot`].
+    Snapshot,
+}
+
+impl From<WireAgentMsg> for AgentMsg {
+    fn from(msg: WireAgentMsg) -> Self {
+        match msg {
+            WireAgentMsg::Contacts { node, contacts } => Self::Contacts { node, contacts },
+            WireAgentMsg::Announce { queue } => Self::Announce { queue },
+            WireAgentMsg::OfferAnswered { call_id } => Self::OfferAnswered { call_id },
+            WireAgentMsg::OfferMissed { call_id, outcome } => {
+                Self::OfferMissed { call_id, outcome }
+            }
+            WireAgentMsg::CallEnded { call_id } => Self::CallEnded { call_id },
+        }
+    }
+}
+
+/// Fails (giving the message back) for asks and for `WrapUpDone`, which the agent sends itself.
+impl TryFrom<AgentMsg> for WireAgentMsg {
+    type Error = AgentMsg;
+
+    fn try_from(msg: AgentMsg) -> Result<Self, AgentMsg> {
+        Ok(match msg {
+            AgentMsg::Contacts { node, contacts } => Self::Contacts { node, contacts },
+            AgentMsg::Announce { queue } => Self::Announce { queue },
+            AgentMsg::OfferAnswered { call_id } => Self::OfferAnswered { call_id },
+            AgentMsg::OfferMissed { call_id, outcome } => Self::OfferMissed { call_id, outcome },
+            AgentMsg::CallEnded { call_id } => Self::CallEnded { call_id },
+            other @ (AgentMsg::WrapUpDone { .. }
+            | AgentMsg::Reserve { .. }
+            | AgentMsg::SetState { .. }
+            | AgentMsg::Snapshot(_)) => return Err(other),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+        let bytes = serde_json::to_vec(value).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn queue_tells_convert_both_ways_and_survive_the_wire() {
+        let tells = [
+            WireQueueMsg::Enqueue {
+                call: CallAddr {
+                    node: 3,
+                    call_id: "c1".into(),
+                },
+                priority: 2,
+                since_ms: 99,
+            },
+            WireQueueMsg::Abandon {
+                call_id: "c1".into(),
+            },
+            WireQueueMsg::OfferOutcome {
+                call: CallAddr {
+                    node: 3,
+                    call_id: "c1".into(),
+                },
+                agent_id: "2001".into(),
+                outcome: OfferOutcome::Rejected,
+            },
+            WireQueueMsg::AgentAvailable {
+                agent_id: "2001".into(),
+                idle_since_ms: 7,
+            },
+            WireQueueMsg::AgentUnavailable {
+                agent_id: "2001".into(),
+            },
+        ];
+        for wire in tells {
+            assert_eq!(round_trip(&wire), wire);
+            let local = QueueMsg::from(wire.clone());
+            assert!(
+                WireQueueMsg::try_from(local).is_ok_and(|back| back == wire),
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn queue_local_only_messages_do_not_convert() {
+        assert!(matches!(
+            WireQueueMsg::try_from(QueueMsg::Tick),
+            Err(QueueMsg::Tick)
+        ));
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        assert!(matches!(
+            WireQueueMsg::try_from(QueueMsg::Snapshot(tx.into())),
+            Err(QueueMsg::Snapshot(_))
+        ));
+    }
+
+    #[test]
+    fn agent_tells_convert_both_ways_and_survive_the_wire() {
+        let tells = [
+            WireAgentMsg::Contacts {
+                node: 2,
+                contacts: vec!["sip:2001@127.0.0.1:5070".into()],
+            },
+            WireAgentMsg::Announce {
+                queue: "sales".into(),
+            },
+            WireAgentMsg::OfferAnswered {
+                call_id: "c1".into(),
+            },
+            WireAgentMsg::OfferMissed {
+                call_id: "c1".into(),
+                outcome: OfferOutcome::CallerAbandoned,
+            },
+            WireAgentMsg::CallEnded {
+                call_id: "c1".into(),
+            },
+        ];
+        for wire in tells {
+            assert_eq!(round_trip(&wire), wire);
+            let local = AgentMsg::from(wire.clone());
+            assert!(
+                WireAgentMsg::try_from(local).is_ok_and(|back| back == wire),
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_asks_and_self_messages_do_not_convert() {
+        let wrap = AgentMsg::WrapUpDone {
+            call_id: "c1".into(),
+        };
+        assert!(matches!(
+            WireAgentMsg::try_from(wrap),
+            Err(AgentMsg::WrapUpDone { .. })
+        ));
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let reserve = AgentMsg::Reserve {
+            call_id: "c1".into(),
+            queue: "q".into(),
+            reply: tx.into(),
+        };
+        assert!(matches!(
+            WireAgentMsg::try_from(reserve),
+            Err(AgentMsg::Reserve { .. })
+        ));
+        for ask in [
+            AgentAsk::Reserve {
+                call_id: "c1".into(),
+                queue: "q".into(),
+            },
+            AgentAsk::SetState {
+                state: RequestedState::NotReady("lunch".into()),
+            },
+            AgentAsk::Snapshot,
+        ] {
+            assert_eq!(round_trip(&ask), ask);
+        }
+        assert_eq!(round_trip(&QueueAsk::Snapshot), QueueAsk::Snapshot);
+    }
+}

@@ -1,0 +1,573 @@
+//! Node configuration, read from a TOML file (see `deploy/examples/single-node.toml`).
+//!
+//! Every field a carrier might tune has a default, so a config file states only what differs.
+//! Cross-field checks (a DID naming an unknown queue, an empty port range) run in
+//! [`Config::validate`] so a bad file fails at start-up with a message naming the field.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use switchyard_sip::digest::Algorithm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    pub sip: SipConfig,
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
+    #[serde(default)]
+    pub registrar: RegistrarConfig,
+    #[serde(default, rename = "queue")]
+    pub queues: Vec<QueueConfig>,
+    #[serde(default, rename = "did")]
+    pub dids: Vec<DidConfig>,
+    #[serde(default, rename = "agents")]
+    pub agent_groups: Vec<AgentGroupConfig>,
+    /// Present when the node is part of a cluster; absent for a standalone node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How this node takes part in a cluster (Raft control plane over a QUIC mesh).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Raft node id: unique, non-zero, never reused.
+    pub node_id: u64,
+    /// QUIC address for the mesh (UDP).
+    pub listen: SocketAddr,
+    /// Directory with `ca.pem`, `node.pem`, `node.key` (`switchyard ctl cert-issue` or
+    /// `token-redeem`); relative to the config file.
+    pub certs: PathBuf,
+    /// The initial members, identical on every initial node. A node not listed here starts
+    /// empty and waits to be added (`switchyard ctl node add`).
+    #[serde(default)]
+    pub bootstrap: Vec<ClusterMemberConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMemberConfig {
+    pub id: u64,
+    pub name: String,
+    pub site: String,
+    pub cluster_addr: SocketAddr,
+    pub sip_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Stable node id; appears in call records and (later) cluster membership.
+    #[serde(default = "default_node_id")]
+    pub id: String,
+    /// Site label, used for affinity once the node joins a cluster.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Where durable state lives unless `--data-dir` overrides it.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: default_node_id(),
+            site: default_site(),
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// One address for both UDP and TCP.
+    pub listen: SocketAddr,
+    /// Address written in Via, Contact and SDP when it differs from `listen` (behind NAT).
+    pub advertised_addr: Option<SocketAddr>,
+    /// RFC 3261 T1 in milliseconds (RTT estimate); T2 and T4 follow the RFC defaults.
+    #[serde(default = "default_t1_ms")]
+    pub t1_ms: u64,
+    /// Value of the Server and User-Agent headers.
+    #[serde(default = "default_user_agent")]
+    pub user_agent: String,
+}
+
+impl SipConfig {
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertised_addr.unwrap_or(self.listen)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Dedicated RTP worker threads.
+    #[serde(default = "default_media_workers")]
+    pub workers: usize,
+    /// Address RTP sockets bind to and SDP advertises.
+    #[serde(default = "default_media_ip")]
+    pub bind_ip: IpAddr,
+    #[serde(default = "default_rtp_port_min")]
+    pub rtp_port_min: u16,
+    #[serde(default = "default_rtp_port_max")]
+    pub rtp_port_max: u16,
+    /// Seconds without RTP from a connected leg before the media worker reports a timeout.
+    #[serde(default = "default_rtp_timeout_secs")]
+    pub rtp_timeout_secs: u64,
+    /// Music on hold played to queued callers (8 kHz mono 16-bit WAV; other rates are resampled).
+    #[serde(default = "default_music")]
+    pub music_on_hold: PathBuf,
+    /// Played before hanging up a caller the queue overflows to "goodbye".
+    #[serde(default = "default_goodbye")]
+    pub goodbye_prompt: PathBuf,
+    /// Where call recordings go, as `<dir>/<yyyy-mm-dd>/<call id>.wav` (UTC date); default
+    /// `<data dir>/recordings`. A relative path is relative to the config file.
+    #[serde(default)]
+    pub recordings_dir: Option<PathBuf>,
+    /// Mean interval of the RTCP reports sent on each leg.
+    #[serde(default = "default_rtcp_interval_ms")]
+    pub rtcp_interval_ms: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            workers: default_media_workers(),
+            bind_ip: default_media_ip(),
+            rtp_port_min: default_rtp_port_min(),
+            rtp_port_max: default_rtp_port_max(),
+            rtp_timeout_secs: default_rtp_timeout_secs(),
+            music_on_hold: default_music(),
+            goodbye_prompt: default_goodbye(),
+            recordings_dir: None,
+            rtcp_interval_ms: default_rtcp_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarConfig {
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    #[serde(default = "default_min_expires")]
+    pub min_expires: u32,
+    #[serde(default = "default_max_expires")]
+    pub max_expires: u32,
+    #[serde(default = "default_expires")]
+    pub default_expires: u32,
+    /// Seconds a nonce stays valid; an older one gets `stale=true`.
+    #[serde(default = "default_nonce_ttl")]
+    pub nonce_ttl_secs: u64,
+    /// Failed authentications from one source address within `failure_window_secs` before
+    /// further requests from it are refused (403) until the window passes.
+    #[serde(default = "default_failure_limit")]
+    pub failure_limit: u32,
+    #[serde(default = "default_failure_window")]
+    pub failure_window_secs: u64,
+    /// Digest algorithms offered in 401 challenges, in order ("MD5", "SHA-256"). Many phones
+    /// (and SIPp) answer only the first challenge and only know MD5, hence MD5 first by
+    /// default; a fleet of RFC 8760 phones can put "SHA-256" first.
+    #[serde(default = "default_digest_algorithms")]
+    pub digest_algorithms: Vec<String>,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        Self {
+            realm: default_realm(),
+            min_expires: default_min_expires(),
+            max_expires: default_max_expires(),
+            default_expires: default_expires(),
+            nonce_ttl_secs: default_nonce_ttl(),
+            failure_limit: default_failure_limit(),
+            failure_window_secs: default_failure_window(),
+            digest_algorithms: default_digest_algorithms(),
+        }
+    }
+}
+
+/// How a queue picks among available agents.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The agent idle for the longest time since their last call (or since becoming available).
+    LongestIdle,
+}
+
+/// Where a caller goes after waiting `max_wait_secs`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum Overflow {
+    /// Re-queue in another queue, keeping the caller's priority.
+    Queue { queue: String },
+    /// Play the goodbye prompt and hang up.
+    Goodbye,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub name: String,
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    /// Seconds an offered agent may ring before the call goes to the next agent.
+    #[serde(default = "default_offer_timeout")]
+    pub offer_timeout_secs: u64,
+    /// Consecutive unanswered offers after which an agent goes NotReady("no-answer").
+    #[serde(default = "default_max_misses")]
+    pub max_missed_offers: u32,
+    /// Longest a caller waits before `overflow` applies.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_secs: u64,
+    #[serde(default = "default_overflow")]
+    pub overflow: Overflow,
+    /// After-call work time before the agent is offered calls again.
+    #[serde(default = "default_wrap_up")]
+    pub wrap_up_secs: u64,
+    /// Record calls answered from this queue (see `media.recordings_dir`).
+    #[serde(default = "default_true")]
+    pub record: bool,
+    /// Service level threshold: answered within this many seconds counts as in service level.
+    #[serde(default = "default_service_level")]
+    pub service_level_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DidConfig {
+    /// The Request-URI user that selects this route.
+    pub number: String,
+    pub queue: String,
+    /// Higher is served first; FIFO within one priority.
+    #[serde(default)]
+    pub priority: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentGroupConfig {
+    /// A single extension (`"2001"`) or an inclusive numeric range (`"2001-2100"`).
+    pub extensions: String,
+    /// Digest password; `{ext}` is replaced by the extension (`"pw{ext}"` gives `pw2001`).
+    pub password: String,
+    /// Queues these agents serve.
+    pub queues: Vec<String>,
+    /// Log the agent in as Available as soon as a phone registers (used by load tests).
+    #[serde(default)]
+    pub available_on_register: bool,
+}
+
+/// One agent, expanded from an [`AgentGroupConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub extension: String,
+    pub password: String,
+    pub queues: Vec<String>,
+    pub available_on_register: bool,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        // Media files are named relative to the config file, so an example directory works from
+        // any working directory.
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let cluster_certs = config.cluster.as_mut().map(|c| &mut c.certs);
+        for file in [
+            Some(&mut config.media.music_on_hold),
+            Some(&mut config.media.goodbye_prompt),
+            config.media.recordings_dir.as_mut(),
+            cluster_certs,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: references between sections and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.media.workers == 0 {
+            return invalid("media.workers must be at least 1".into());
+        }
+        if self.media.rtcp_interval_ms < 100 {
+            return invalid("media.rtcp_interval_ms must be at least 100".into());
+        }
+        if self.media.rtp_port_min >= self.media.rtp_port_max {
+            return invalid(format!(
+                "media.rtp_port_min ({}) must be below media.rtp_port_max ({})",
+                self.media.rtp_port_min, self.media.rtp_port_max
+            ));
+        }
+        let r = &self.registrar;
+        if r.min_expires > r.max_expires
+            || r.default_expires < r.min_expires
+            || r.default_expires > r.max_expires
+        {
+            return invalid("registrar: need min_expires <= default_expires <= max_expires".into());
+        }
+        if r.digest_algorithms.is_empty() {
+            return invalid("registrar.digest_algorithms must name at least one algorithm".into());
+        }
+        for name in &r.digest_algorithms {
+            if Algorithm::from_name(name).is_none() {
+                return invalid(format!(
+                    "registrar.digest_algorithms: unknown algorithm {name:?} (MD5 or SHA-256)"
+                ));
+            }
+        }
+        let mut queue_names = HashSet::new();
+        for q in &self.queues {
+            if !queue_names.insert(q.name.as_str()) {
+                return invalid(format!("queue {:?} is defined twice", q.name));
+            }
+            if q.offer_timeout_secs == 0 {
+                return invalid(format!(
+                    "queue {:?}: offer_timeout_secs must be > 0",
+                    q.name
+                ));
+            }
+        }
+        for q in &self.queues {
+            if let Overflow::Queue { queue } = &q.overflow
+                && !queue_names.contains(queue.as_str())
+            {
+                return invalid(format!(
+                    "queue {:?} overflows to unknown queue {queue:?}",
+                    q.name
+                ));
+            }
+        }
+        let mut numbers = HashSet::new();
+        for d in &self.dids {
+            if !numbers.insert(d.number.as_str()) {
+                return invalid(format!("DID {:?} is defined twice", d.number));
+            }
+            if !queue_names.contains(d.queue.as_str()) {
+                return invalid(format!(
+                    "DID {:?} routes to unknown queue {:?}",
+                    d.number, d.queue
+                ));
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            if cluster.node_id == 0 {
+                return invalid("cluster.node_id must be non-zero".into());
+            }
+            let mut ids = HashSet::new();
+            for m in &cluster.bootstrap {
+                if m.id == 0 || !ids.insert(m.id) {
+                    return invalid(format!(
+                        "cluster.bootstrap: member ids must be distinct and non-zero (id {})",
+                        m.id
+                    ));
+                }
+            }
+        }
+        let mut extensions = HashSet::new();
+        for agent in self.agents()? {
+            for q in &agent.queues {
+                if !queue_names.contains(q.as_str()) {
+                    return invalid(format!(
+                        "agent {} is a member of unknown queue {q:?}",
+                        agent.extension
+                    ));
+                }
+            }
+            if !extensions.insert(agent.extension.clone()) {
+                return invalid(format!("agent {} is defined twice", agent.extension));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every agent, with ranges expanded.
+    pub fn agents(&self) -> Result<Vec<AgentSpec>, ConfigError> {
+        let mut agents = Vec::new();
+        for group in &self.agent_groups {
+            for extension in expand_extensions(&group.extensions)? {
+                agents.push(AgentSpec {
+                    password: group.password.replace("{ext}", &extension),
+                    extension,
+                    queues: group.queues.clone(),
+                    available_on_register: group.available_on_register,
+                });
+            }
+        }
+        Ok(agents)
+    }
+
+    pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+}
+
+/// Expands `"2001"` or `"2001-2100"`; keeps leading zeros and width (`"0001-0003"`).
+fn expand_extensions(spec: &str) -> Result<Vec<String>, ConfigError> {
+    let bad = || ConfigError::Invalid(format!("agents.extensions {spec:?}: expected N or N-M"));
+    let Some((start, end)) = spec.split_once('-') else {
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        return Ok(vec![spec.to_owned()]);
+    };
+    let (first, last): (u64, u64) = (
+        start.trim().parse().map_err(|_| bad())?,
+        end.trim().parse().map_err(|_| bad())?,
+    );
+    if first > last || last - first >= 100_000 {
+        return Err(bad());
+    }
+    let width = start.trim().len();
+    Ok((first..=last).map(|n| format!("{n:0width$}")).collect())
+}
+
+fn default_node_id() -> String {
+    "node1".into()
+}
+fn default_site() -> String {
+    "default".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_t1_ms() -> u64 {
+    500
+}
+fn default_user_agent() -> String {
+    format!("Switchyard/{}", env!("CARGO_PKG_VERSION"))
+}
+fn default_media_workers() -> usize {
+    1
+}
+fn default_media_ip() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+fn default_rtp_port_min() -> u16 {
+    20000
+}
+fn default_rtp_port_max() -> u16 {
+    29999
+}
+fn default_rtp_timeout_secs() -> u64 {
+    30
+}
+fn default_rtcp_interval_ms() -> u64 {
+    5000
+}
+fn default_music() -> PathBuf {
+    PathBuf::from("../media/music-on-hold.wav")
+}
+fn default_goodbye() -> PathBuf {
+    PathBuf::from("../media/goodbye.wav")
+}
+fn default_realm() -> String {
+    "switchyard".into()
+}
+fn default_min_expires() -> u32 {
+    60
+}
+fn default_max_expires() -> u32 {
+    3600
+}
+fn default_expires() -> u32 {
+    3600
+}
+fn default_nonce_ttl() -> u64 {
+    300
+}
+fn default_failure_limit() -> u32 {
+    10
+}
+fn default_failure_window() -> u64 {
+    60
+}
+fn default_digest_algorithms() -> Vec<String> {
+    vec!["MD5".into(), "SHA-256".into()]
+}
+fn default_strategy() -> Strategy {
+    Strategy::LongestIdle
+}
+fn default_offer_timeout() -> u64 {
+    15
+}
+fn default_max_misses() -> u32 {
+    3
+}
+fn default_max_wait() -> u64 {
+    300
+}
+fn default_overflow() -> Overflow {
+    Overflow::Goodbye
+}
+fn default_wrap_up() -> u64 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_service_level() -> u64 {
+    20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_expand_with_width() {
+        assert_eq!(
+            expand_extensions("2001-2003").unwrap(),
+            ["2001", "2002", "2003"]
+        );
+        assert_eq!(expand_extensions("0009-0010").unwrap(), ["0009", "0010"]);
+        assert_eq!(expand_extensions("7").unwrap(), ["7"]);
+        assert!(expand_extensions("20-10").is_err());
+        assert!(expand_extensions("abc").is_err());
+        assert!(expand_extensions("").is_err());
+    }
+}

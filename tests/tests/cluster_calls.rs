@@ -1,0 +1,188 @@
+//! Calls across a three-node cluster: the queue lives on one node (its placement), the agent's
+//! phone registers at a second, the caller dials a third; then the queue's node is killed, a
+//! caller arrives while the queue has no home, the dead node is removed, the queue moves, and
+//! the waiting caller is connected.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::cluster::{Cluster, ClusterOptions, poll};
+use common::{Node, SippProcess, http};
+use serde::Deserialize;
+
+/// One entry of `GET /v1/cluster/placement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+struct Placement {
+    node: u64,
+    epoch: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct PlacementJson {
+    actors: BTreeMap<String, Placement>,
+}
+
+/// Node `id`'s view of where every actor lives.
+fn placement(cluster: &Cluster, id: u64) -> Result<BTreeMap<String, Placement>, String> {
+    let resp = http::get(
+        cluster.http(id),
+        "/v1/cluster/placement",
+        Duration::from_secs(2),
+    )
+    .map_err(|e| format!("node {id}: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!("node {id}: HTTP {} {}", resp.status, resp.text()));
+    }
+    let json: PlacementJson =
+        serde_json::from_slice(&resp.body).map_err(|e| format!("node {id}: {e}"))?;
+    Ok(json.actors)
+}
+
+/// Waits until `ids` agree on a placement of `actors` actors and returns it.
+fn agreed_placement(cluster: &Cluster, ids: &[u64], actors: usize) -> BTreeMap<String, Placement> {
+    poll(Duration::from_secs(20), "placement agreed", || {
+        let first = placement(cluster, ids[0])?;
+        if first.len() != actors {
+            return Err(format!("{} of {actors} actors placed", first.len()));
+        }
+        for &id in &ids[1..] {
+            if placement(cluster, id)? != first {
+                return Err(format!("node {id} disagrees with node {}", ids[0]));
+            }
+        }
+        Ok(first)
+    })
+}
+
+/// Waits until `GET path` on `node` answers 200 with JSON satisfying `check`.
+fn wait_json(node: &Node, path: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    poll(Duration::from_secs(20), what, || {
+        let resp = http::get(node.http, path, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&resp.body).map_err(|e| format!("HTTP {}: {e}", resp.status))?;
+        if resp.status == 200 && check(&json) {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}: {json}", resp.status))
+        }
+    });
+}
+
+fn agent_available(node: &Node, ext: &str) {
+    wait_json(
+        node,
+        &format!("/v1/agents/{ext}"),
+        &format!("agent {ext} available as node {} sees it", node.name),
+        |a| a["status"] == "available",
+    );
+}
+
+/// A SIPp caller into `node` for one call of `talk_ms`.
+fn call(node: &Node, talk_ms: u64) -> SippProcess {
+    node.sipp("caller", "caller.xml")
+        .duration_ms(talk_ms)
+        .timeout_secs(60)
+        .spawn()
+}
+
+#[test]
+fn calls_cross_nodes_and_survive_the_queue_home_dying() {
+    let mut options = ClusterOptions::new(3);
+    options.node.agents = "2001-2006".into();
+    let mut cluster = Cluster::with("calls", options);
+    cluster.wait_leader(Duration::from_secs(20));
+    let actors = cluster.options.actors();
+    let placed = agreed_placement(&cluster, &[1, 2, 3], actors);
+    let queue_home = placed["queue/support"].node;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != queue_home).collect();
+    let (register_at, call_into) = (others[0], others[1]);
+    // Prefer an agent on the queue's node: it then moves with the queue and must learn its
+    // phone's registration afresh.
+    let ext = (2001..=2006)
+        .map(|n| n.to_string())
+        .find(|ext| placed[&format!("agent/{ext}")].node == queue_home)
+        .unwrap_or_else(|| "2001".into());
+    eprintln!(
+        "[test] queue on node {queue_home}, agent {ext} on node {}, phone registers at node \
+         {register_at}, calls arrive at node {call_into}",
+        placed[&format!("agent/{ext}")].node
+    );
+
+    // The phone answers two calls, one before and one after the queue's node dies.
+    let phone = cluster
+        .node(register_at)
+        .sipp(&format!("agent-{ext}"), "agent_answer_wait_bye.xml")
+        .server()
+        .calls(2)
+        .timeout_secs(120)
+        .spawn();
+    wait_json(
+        cluster.node(call_into),
+        "/v1/queues/support",
+        "queue reachable from the caller's node",
+        |q| q["name"] == "support",
+    );
+    cluster
+        .node(register_at)
+        .register_agents(std::slice::from_ref(&ext), phone.local_port);
+    agent_available(cluster.node(call_into), &ext);
+
+    call(cluster.node(call_into), 1000).expect_success_with(cluster.node(call_into));
+    let cdrs = cluster
+        .node(call_into)
+        .wait_cdrs(1, Duration::from_secs(10));
+    let cdr = &cdrs[0];
+    cdr.check_invariants();
+    assert_eq!(cdr.disposition, "answered", "{cdr:#?}");
+    assert_eq!(cdr.agent.as_deref(), Some(ext.as_str()), "{cdr:#?}");
+    assert_eq!(cdr.queue.as_deref(), Some("support"), "{cdr:#?}");
+
+    // The queue's home dies, and a caller arrives meanwhile: its Enqueue is lost with the node.
+    cluster.kill9(queue_home);
+    let waiting = call(cluster.node(call_into), 500);
+    std::thread::sleep(Duration::from_secs(1));
+    // The operator removes the dead node; the queue moves to a survivor and the caller, still
+    // hearing music on hold, joins it again.
+    let survivors = [register_at, call_into];
+    // It may have been the leader: the removal goes through once the survivors elect one.
+    cluster.wait_leader_among(&survivors, Duration::from_secs(20));
+    poll(Duration::from_secs(20), "ctl node remove", || {
+        let out = cluster.ctl(&[
+            "node",
+            "remove",
+            "--http",
+            &cluster.http(call_into).to_string(),
+            "--id",
+            &queue_home.to_string(),
+        ]);
+        out.success
+            .then_some(())
+            .ok_or_else(|| format!("{}{}", out.stdout, out.stderr))
+    });
+    let moved = agreed_placement(&cluster, &survivors, actors);
+    assert!(
+        moved.values().all(|p| p.node != queue_home),
+        "actors left on the removed node: {moved:?}"
+    );
+    eprintln!(
+        "[test] queue now on node {}, agent {ext} on node {}",
+        moved["queue/support"].node,
+        moved[&format!("agent/{ext}")].node
+    );
+    // A moved agent starts afresh and learns its phone's registration from the node holding it.
+    waiting.expect_success_with(cluster.node(call_into));
+    phone.expect_success_with(cluster.node(register_at));
+    let cdrs = cluster
+        .node(call_into)
+        .wait_cdrs(2, Duration::from_secs(10));
+    let cdr = &cdrs[1];
+    cdr.check_invariants();
+    assert_eq!(cdr.disposition, "answered", "{cdr:#?}");
+    assert_eq!(cdr.agent.as_deref(), Some(ext.as_str()), "{cdr:#?}");
+    assert!(
+        cdr.wait_ms >= 1000,
+        "the caller waited through the move: {cdr:#?}"
+    );
+}
