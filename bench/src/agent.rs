@@ -24,7 +24,7 @@ use crate::dist::Dist;
 use crate::media::{MediaEngine, Remote};
 use crate::scenario::DigestPreference;
 use crate::stats::{Recorder, Side as Party};
-use crate::ua::{CallBook, Control, Ctx, Side, udp, via};
+use crate::ua::{CallBook, Control, Ctx, Side, dialog_target, udp, via};
 
 /// Pause before retrying a failed registration.
 const REGISTER_RETRY: Duration = Duration::from_secs(5);
@@ -511,7 +511,12 @@ impl Agents {
         if let (Some(m), Some(id)) = (&self.media, leg.media_leg) {
             m.end_leg(id);
         }
-        let from = leg.from;
+        // The node's Contact, which a re-INVITE from a node taking the call over changed.
+        let from = leg
+            .dialog
+            .as_ref()
+            .and_then(dialog_target)
+            .map_or(leg.from, udp);
         let bye = leg.dialog.as_mut().and_then(|d| {
             d.create_request(Method::Bye, via(ctx.local, &new_branch()), vec![])
                 .ok()

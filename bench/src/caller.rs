@@ -20,7 +20,7 @@ use crate::arrivals::Arrivals;
 use crate::dist::Dist;
 use crate::media::{MediaEngine, Remote};
 use crate::stats::{CallRecord, Outcome, Recorder, Side as Party};
-use crate::ua::{CallBook, Control, Ctx, Plan, Side, udp, via};
+use crate::ua::{CallBook, Control, Ctx, Plan, Side, dialog_target, udp, via};
 
 /// A target that did not answer an INVITE at all is skipped for this long.
 const TARGET_HOLD_DOWN: Duration = Duration::from_secs(10);
@@ -382,6 +382,9 @@ impl Callers {
             self.finish(ctx, serial);
             return;
         };
+        // A standby that took a queued call over answers from its own address: the ACK and
+        // everything after it go to the Contact.
+        call.target = dialog_target(&dialog).unwrap_or(call.target);
         if let Ok(ack) = dialog.create_ack(1, via(ctx.local, &new_branch()), Vec::new()) {
             ctx.layer.send_ack_for_2xx(ack, udp(call.target));
         }
@@ -599,6 +602,12 @@ impl Callers {
         let Some(call) = self.calls.get_mut(&serial) else {
             return;
         };
+        if call.state == State::Ending {
+            // We hung up (the BYE may be lost on its way to a dead node): the dialog is over.
+            let gone = message::response(req, StatusCode::CallTransactionDoesNotExist, None);
+            let _ = ctx.layer.send_response(ctx.now, txn, gone);
+            return;
+        }
         if let Some(d) = call.dialog.as_mut()
             && let Err(e) = d.on_request(req)
         {
@@ -607,6 +616,10 @@ impl Callers {
                 .layer
                 .send_response(ctx.now, txn, message::response(req, code, None));
             return;
+        }
+        // The re-INVITE's Contact is where the call lives now; the BYE goes there.
+        if let Some(target) = call.dialog.as_ref().and_then(dialog_target) {
+            call.target = target;
         }
         call.sdp_version += 1;
         let local_codecs: Vec<(u8, Codec)> = codecs

@@ -245,3 +245,19 @@ impl CallBook {
 pub fn via(local: SocketAddr, branch: &str) -> switchyard_sip::rsip::headers::Via {
     format!("SIP/2.0/UDP {local};branch={branch};rport").into()
 }
+
+/// Where in-dialog requests go: the dialog's remote target (the node's Contact), when it names
+/// an IP address.
+pub fn dialog_target(dialog: &switchyard_sip::dialog::Dialog) -> Option<SocketAddr> {
+    let uri = switchyard_sip::message::parse_uri(&dialog.remote_target).ok()?;
+    let ip: std::net::IpAddr = match &uri.host_with_port.host {
+        switchyard_sip::rsip::Host::IpAddr(ip) => *ip,
+        switchyard_sip::rsip::Host::Domain(domain) => domain.to_string().parse().ok()?,
+    };
+    let port = uri
+        .host_with_port
+        .port
+        .as_ref()
+        .map_or(5060, |p| *p.value());
+    Some(SocketAddr::new(ip, port))
+}

@@ -25,13 +25,33 @@ pub fn home(
     key: &ActorKey,
     preferred_site: Option<&str>,
 ) -> Option<NodeId> {
+    pick(candidates, key_hash(key), preferred_site)
+}
+
+/// A standby for call `call_id` among `candidates` (the caller leaves the call's owner out),
+/// preferring members of `preferred_site` when any of them is a candidate: the same rendezvous
+/// pick as [`home`], over a hash of the call id. `None` only when there is no candidate.
+pub fn standby(
+    candidates: &[Candidate<'_>],
+    call_id: &str,
+    preferred_site: Option<&str>,
+) -> Option<NodeId> {
+    pick(candidates, call_hash(call_id), preferred_site)
+}
+
+/// The candidate with the highest weight for `key_hash`, among those in `preferred_site` when
+/// any is.
+fn pick(
+    candidates: &[Candidate<'_>],
+    key_hash: u64,
+    preferred_site: Option<&str>,
+) -> Option<NodeId> {
     let in_site = |c: &&Candidate<'_>| preferred_site.is_none_or(|site| c.site == site);
     let pool: Vec<&Candidate<'_>> = if candidates.iter().any(|c| in_site(&c)) {
         candidates.iter().filter(in_site).collect()
     } else {
         candidates.iter().collect()
     };
-    let key_hash = key_hash(key);
     pool.into_iter()
         // Ties (astronomically unlikely) go to the higher id, independent of input order.
         .max_by_key(|c| (weight(key_hash, c.id), c.id))
@@ -54,6 +74,13 @@ fn key_hash(key: &ActorKey) -> u64 {
     // The kind tag keeps "queue/x" and "agent/x" independent.
     let mut h = fnv1a(0xcbf2_9ce4_8422_2325, &[key.kind as u8]);
     h = fnv1a(h, key.id.as_bytes());
+    splitmix64(h)
+}
+
+fn call_hash(call_id: &str) -> u64 {
+    // A tag distinct from the actor kinds keeps call ids independent of actor ids.
+    let mut h = fnv1a(0xcbf2_9ce4_8422_2325, b"call/");
+    h = fnv1a(h, call_id.as_bytes());
     splitmix64(h)
 }
 
@@ -195,4 +222,55 @@ mod tests {
     }
 
     const PINNED: [NodeId; 12] = [3, 1, 3, 3, 2, 3, 1, 2, 2, 2, 1, 3];
+
+    #[test]
+    fn standby_spreads_prefers_the_site_and_is_deterministic() {
+        let call_ids: Vec<String> = (0..600).map(|i| format!("call-{i}@10.0.0.1")).collect();
+        let four = nodes(&[1, 2, 3, 4]);
+        let mut counts = BTreeMap::new();
+        for id in &call_ids {
+            let pick = standby(&four, id, None).unwrap_or(0);
+            *counts.entry(pick).or_insert(0usize) += 1;
+            // Order of the candidates does not matter.
+            assert_eq!(standby(&nodes(&[4, 3, 2, 1]), id, None), Some(pick));
+        }
+        assert_eq!(counts.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        for (node, n) in &counts {
+            assert!(
+                (100..=200).contains(n),
+                "node {node} is standby for {n} of 600"
+            );
+        }
+        // A member going away moves only the calls it was standby for.
+        for id in &call_ids {
+            let before = standby(&four, id, None);
+            let after = standby(&nodes(&[1, 2, 4]), id, None);
+            if before != Some(3) {
+                assert_eq!(before, after, "{id}");
+            }
+        }
+        let sites = [
+            Candidate { id: 1, site: "eu" },
+            Candidate { id: 2, site: "us" },
+            Candidate { id: 3, site: "us" },
+        ];
+        for id in &call_ids {
+            assert_eq!(standby(&sites, id, Some("eu")), Some(1));
+            assert!(matches!(standby(&sites, id, Some("us")), Some(2 | 3)));
+            assert_eq!(
+                standby(&sites, id, Some("apac")),
+                standby(&sites, id, None),
+                "no candidate in the site: any will do"
+            );
+        }
+        assert_eq!(standby(&[], "x", None), None);
+        // Pinned: replicas on different versions must agree.
+        let pinned: Vec<NodeId> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|id| standby(&nodes(&[1, 2, 3]), id, None).unwrap_or(0))
+            .collect();
+        assert_eq!(pinned, STANDBY_PINNED);
+    }
+
+    const STANDBY_PINNED: [NodeId; 6] = [3, 1, 3, 1, 2, 1];
 }

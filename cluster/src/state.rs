@@ -42,6 +42,10 @@ pub enum MemberStatus {
     Draining,
     /// Gone; kept as a tombstone so its id and history stay visible.
     Removed,
+    /// Declared dead by the leader after `failure_timeout` of silence; its actors moved. It comes
+    /// back Active once heard again and never resumes what it lost (its actors stay where they
+    /// moved until a `Rebalance`).
+    Failed,
 }
 
 #[derive(
@@ -241,7 +245,8 @@ pub enum Command {
     RemoveMember {
         id: NodeId,
     },
-    /// Drain (`Draining`) or reactivate (`Active`) a member; leaving Active moves its actors.
+    /// Drain (`Draining`), declare dead (`Failed`) or reactivate (`Active`) a member; leaving
+    /// Active moves its actors, returning to it places only actors without a home.
     SetMemberStatus {
         id: NodeId,
         status: MemberStatus,
@@ -345,8 +350,8 @@ impl ClusterState {
     pub fn apply(&mut self, index: u64, command: &Command) -> ApplyResult {
         match command {
             Command::AddMember(member) => self.add_member(index, member),
-            Command::RemoveMember { id } => self.set_status(*id, MemberStatus::Removed),
-            Command::SetMemberStatus { id, status } => self.set_status(*id, *status),
+            Command::RemoveMember { id } => self.set_status(index, *id, MemberStatus::Removed),
+            Command::SetMemberStatus { id, status } => self.set_status(index, *id, *status),
             Command::PutConfig {
                 key,
                 value,
@@ -383,7 +388,7 @@ impl ClusterState {
         Ok(self.place_homeless())
     }
 
-    fn set_status(&mut self, id: NodeId, status: MemberStatus) -> ApplyResult {
+    fn set_status(&mut self, index: u64, id: NodeId, status: MemberStatus) -> ApplyResult {
         let member = match self.members.get_mut(&id) {
             Some(member) => member,
             None if status == MemberStatus::Removed => return Ok(Applied { moved: 0 }),
@@ -398,9 +403,18 @@ impl ClusterState {
             };
         }
         let was = std::mem::replace(&mut member.status, status);
+        if was == MemberStatus::Failed && status == MemberStatus::Active {
+            // A new tenure: the member learns from it that it was declared failed, even if it
+            // never saw the Failed state itself, and lets go of what it held.
+            member.joined_at_index = index;
+        }
         Ok(match (was, status) {
             (MemberStatus::Active, MemberStatus::Active) => Applied { moved: 0 },
+            // Back from Draining or Failed: only homeless actors are placed; nothing moves back.
             (_, MemberStatus::Active) => self.place_homeless(),
+            // Leaving Active (drained, declared failed, removed) moves what it hosted. A member
+            // that is not Active hosts nothing (placement only picks active members), so the
+            // other transitions (Draining -> Failed, Failed -> Removed, ...) move nothing.
             (MemberStatus::Active, _) => {
                 let hosted: Vec<ActorKey> = self
                     .placement
@@ -410,8 +424,44 @@ impl ClusterState {
                     .collect();
                 self.place(hosted, true)
             }
-            _ => Applied { moved: 0 },
+            (
+                MemberStatus::Draining | MemberStatus::Failed | MemberStatus::Removed,
+                MemberStatus::Draining | MemberStatus::Failed | MemberStatus::Removed,
+            ) => Applied { moved: 0 },
         })
+    }
+
+    /// The home `key` would get if its current home stopped being active: the placement over
+    /// the active members other than the current home, with the actor's site affinity. `None`
+    /// when the actor is not placed or no other active member exists. An agent actor replicates
+    /// its state to this node, which is where it moves if its home fails.
+    pub fn heir(&self, key: &ActorKey) -> Option<NodeId> {
+        let home = self.placement.get(key)?.node;
+        let candidates: Vec<Candidate<'_>> = self
+            .active_members()
+            .filter(|m| m.id != home)
+            .map(|m| Candidate {
+                id: m.id,
+                site: &m.site,
+            })
+            .collect();
+        placement::home(&candidates, key, self.affinity.get(key).map(String::as_str))
+    }
+
+    /// A standby node for call `call_id` owned by `owner`: a rendezvous pick among the active
+    /// members other than `owner`, preferring members of `owner`'s site when any is active.
+    /// Deterministic; `None` when no other member is active.
+    pub fn call_standby(&self, owner: NodeId, call_id: &str) -> Option<NodeId> {
+        let owner_site = self.members.get(&owner).map(|m| m.site.as_str());
+        let candidates: Vec<Candidate<'_>> = self
+            .active_members()
+            .filter(|m| m.id != owner)
+            .map(|m| Candidate {
+                id: m.id,
+                site: &m.site,
+            })
+            .collect();
+        placement::standby(&candidates, call_id, owner_site)
     }
 
     fn put_config(&mut self, key: &str, value: &[u8], site: Option<&str>) -> ApplyResult {
@@ -710,6 +760,185 @@ mod tests {
         assert!(s.placement.values().all(|p| p.node == 2));
     }
 
+    fn set(s: &mut ClusterState, index: u64, id: NodeId, status: MemberStatus) -> ApplyResult {
+        s.apply(index, &Command::SetMemberStatus { id, status })
+    }
+
+    fn hosted_by(s: &ClusterState, id: NodeId) -> Vec<ActorKey> {
+        s.placement
+            .iter()
+            .filter(|(_, p)| p.node == id)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    #[test]
+    fn failing_an_active_member_moves_its_actors_like_draining() {
+        let mut failed = three_nodes_with_queues(60);
+        let mut drained = failed.clone();
+        let epoch = failed.placement_epoch;
+        let hosted = hosted_by(&failed, 2);
+        assert!(!hosted.is_empty());
+        let applied = set(&mut failed, 200, 2, MemberStatus::Failed).unwrap();
+        set(&mut drained, 200, 2, MemberStatus::Draining).unwrap();
+        assert_eq!(applied.moved, hosted.len());
+        assert_eq!(failed.members[&2].status, MemberStatus::Failed);
+        assert_eq!(failed.placement, drained.placement, "same moves as a drain");
+        assert_eq!(failed.placement_epoch, epoch + 1);
+        assert!(hosted_by(&failed, 2).is_empty());
+        assert_eq!(failed.placement.len(), 60);
+        assert!(failed.active_members().all(|m| m.id != 2));
+        // Failing again changes nothing.
+        let before = failed.clone();
+        assert_eq!(
+            set(&mut failed, 201, 2, MemberStatus::Failed),
+            Ok(Applied { moved: 0 })
+        );
+        assert_eq!(failed, before);
+    }
+
+    #[test]
+    fn failing_a_draining_member_moves_nothing() {
+        let mut s = three_nodes_with_queues(30);
+        set(&mut s, 200, 3, MemberStatus::Draining).unwrap();
+        let before = s.clone();
+        assert_eq!(
+            set(&mut s, 201, 3, MemberStatus::Failed),
+            Ok(Applied { moved: 0 })
+        );
+        assert_eq!(s.members[&3].status, MemberStatus::Failed);
+        assert_eq!(s.placement, before.placement);
+        assert_eq!(s.placement_epoch, before.placement_epoch);
+    }
+
+    #[test]
+    fn a_failed_member_returns_active_without_taking_anything_back() {
+        let mut s = three_nodes_with_queues(60);
+        set(&mut s, 200, 2, MemberStatus::Failed).unwrap();
+        let after_failure = s.placement.clone();
+        let epoch = s.placement_epoch;
+        assert_eq!(
+            set(&mut s, 201, 2, MemberStatus::Active),
+            Ok(Applied { moved: 0 })
+        );
+        assert_eq!(s.members[&2].status, MemberStatus::Active);
+        assert_eq!(s.placement, after_failure, "nothing moves back on its own");
+        assert_eq!(s.placement_epoch, epoch);
+        // It takes new actors again, and its share back only on a rebalance.
+        s.apply(202, &put("queue/new")).unwrap();
+        assert!(s.apply(203, &Command::Rebalance).unwrap().moved > 0);
+        assert!(!hosted_by(&s, 2).is_empty());
+    }
+
+    #[test]
+    fn failed_to_active_places_homeless_actors() {
+        let mut s = three_nodes_with_queues(20);
+        set(&mut s, 200, 1, MemberStatus::Failed).unwrap();
+        set(&mut s, 201, 2, MemberStatus::Failed).unwrap();
+        set(&mut s, 202, 3, MemberStatus::Failed).unwrap();
+        assert!(s.placement.is_empty(), "no active member left");
+        set(&mut s, 203, 3, MemberStatus::Active).unwrap();
+        assert_eq!(s.placement.len(), 20);
+        assert!(s.placement.values().all(|p| p.node == 3));
+    }
+
+    #[test]
+    fn a_failed_member_can_be_removed_drained_and_not_revived_once_removed() {
+        let mut s = three_nodes_with_queues(30);
+        set(&mut s, 200, 2, MemberStatus::Failed).unwrap();
+        let placement = s.placement.clone();
+        assert_eq!(
+            s.apply(201, &Command::RemoveMember { id: 2 }),
+            Ok(Applied { moved: 0 })
+        );
+        assert_eq!(s.members[&2].status, MemberStatus::Removed);
+        assert_eq!(s.placement, placement);
+        assert_eq!(
+            set(&mut s, 202, 2, MemberStatus::Failed),
+            Err(ApplyError::MemberRemoved(2))
+        );
+        assert_eq!(
+            set(&mut s, 203, 9, MemberStatus::Failed),
+            Err(ApplyError::UnknownMember(9))
+        );
+        set(&mut s, 204, 3, MemberStatus::Failed).unwrap();
+        assert_eq!(
+            set(&mut s, 205, 3, MemberStatus::Draining),
+            Ok(Applied { moved: 0 })
+        );
+        assert_eq!(s.members[&3].status, MemberStatus::Draining);
+    }
+
+    #[test]
+    fn heir_is_where_an_actor_goes_when_its_home_fails() {
+        let mut s = three_nodes_with_queues(60);
+        s.apply(100, &Command::AddMember(member(4, "dc2"))).unwrap();
+        s.apply(101, &Command::Rebalance).unwrap();
+        for id in ["2001", "2002", "2003", "2004"] {
+            s.apply(
+                102,
+                &Command::PutConfig {
+                    key: format!("agent/{id}"),
+                    value: vec![1],
+                    preferred_site: Some("dc1".into()),
+                },
+            )
+            .unwrap();
+        }
+        let heirs: BTreeMap<ActorKey, Option<NodeId>> =
+            s.placement.keys().map(|k| (k.clone(), s.heir(k))).collect();
+        for (key, heir) in &heirs {
+            let home = s.placement[key].node;
+            let heir = heir.unwrap_or_else(|| panic!("{key} has no heir"));
+            assert_ne!(heir, home, "{key}");
+            if key.kind == ActorKind::Agent {
+                assert_ne!(heir, 4, "{key}: the heir honours the site affinity");
+            }
+        }
+        // Failing a home moves each of its actors exactly to its heir.
+        let home_of_q0 = s.placement[&ActorKey::queue("q0")].node;
+        let hosted = hosted_by(&s, home_of_q0);
+        set(&mut s, 103, home_of_q0, MemberStatus::Failed).unwrap();
+        for key in hosted {
+            assert_eq!(Some(s.placement[&key].node), heirs[&key], "{key}");
+        }
+        assert_eq!(s.heir(&ActorKey::queue("missing")), None);
+        // A single active member has no heir.
+        let mut lone = three_nodes_with_queues(5);
+        set(&mut lone, 200, 2, MemberStatus::Failed).unwrap();
+        set(&mut lone, 201, 3, MemberStatus::Draining).unwrap();
+        assert_eq!(lone.heir(&ActorKey::queue("q0")), None);
+    }
+
+    #[test]
+    fn call_standby_prefers_the_owners_site() {
+        let mut s = three_nodes_with_queues(0);
+        s.apply(10, &Command::AddMember(member(4, "dc2"))).unwrap();
+        s.apply(11, &Command::AddMember(member(5, "dc2"))).unwrap();
+        let calls: Vec<String> = (0..200).map(|i| format!("{i}@pbx")).collect();
+        let mut seen = BTreeMap::new();
+        for call in &calls {
+            let standby = s.call_standby(1, call).unwrap_or(0);
+            assert!(matches!(standby, 2 | 3), "{call}: {standby}");
+            assert_eq!(s.call_standby(1, call), Some(standby), "deterministic");
+            *seen.entry(standby).or_insert(0) += 1;
+            assert!(matches!(s.call_standby(4, call), Some(5)));
+        }
+        assert_eq!(seen.len(), 2, "spread over the site: {seen:?}");
+        // The only other member of the site fails: fall back to the other sites.
+        set(&mut s, 12, 5, MemberStatus::Failed).unwrap();
+        for call in &calls {
+            assert!(matches!(s.call_standby(4, call), Some(1..=3)), "{call}");
+        }
+        // Nobody else active: no standby.
+        for id in [1, 2, 3] {
+            set(&mut s, 13, id, MemberStatus::Draining).unwrap();
+        }
+        assert_eq!(s.call_standby(4, "x@pbx"), None);
+        // An unknown owner still gets a standby among the active members.
+        assert_eq!(s.call_standby(99, "x@pbx"), Some(4));
+    }
+
     #[test]
     fn joins_move_nothing_until_rebalance() {
         let mut s = three_nodes_with_queues(100);
@@ -760,6 +989,10 @@ mod tests {
             Command::SetMemberStatus {
                 id: 5,
                 status: MemberStatus::Draining,
+            },
+            Command::SetMemberStatus {
+                id: 5,
+                status: MemberStatus::Failed,
             },
             Command::PutConfig {
                 key: "queue/x".into(),

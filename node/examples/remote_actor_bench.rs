@@ -108,6 +108,8 @@ async fn main() -> Result<(), BoxError> {
         policies: HashMap::new(),
         queues: Directory::default(),
         fence: Fence::open(),
+        restored: None,
+        failover: None,
     })
     .await?;
     hosted.agents.insert("2001".into(), agent.clone());
@@ -126,6 +128,7 @@ async fn main() -> Result<(), BoxError> {
             HashMap::new(),
             [1; 32],
         ))),
+        failover: None,
     };
     tokio::spawn(mailroom.run(incoming2));
 

@@ -478,6 +478,7 @@ mod tests {
             agent_rtp: None,
             dtmf: String::new(),
             monitors: Vec::new(),
+            failover: None,
         }
     }
 
@@ -521,6 +522,8 @@ mod tests {
             spec,
             queues: queues.clone(),
             fence: Fence::open(),
+            restored: None,
+            failover: None,
         })
         .await
         .unwrap();

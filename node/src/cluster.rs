@@ -11,12 +11,15 @@
 //!   node's mailroom (`crate::remote`).
 //! - `/v1/cluster/...` routes serve `switchyard ctl status` and `ctl node add|remove|drain`, and
 //!   show the placement.
+//! - While this node leads, a failure detector ([`FailureDetector`], ADR 0014) declares members
+//!   that have been silent for `[cluster] failure_timeout_ms` Failed (their actors move) and
+//!   makes them Active again once they have been heard for a second.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{Path as UrlPath, State};
@@ -25,7 +28,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::mesh::{self, Incoming, Mesh, MeshConfig};
-use switchyard_cluster::raft::{self, ClusterView, ProposeError, RaftConfig, RaftHandle, Role};
+use switchyard_cluster::raft::{
+    self, ClusterView, ProposeError, RaftConfig, RaftHandle, RaftStatus, Role,
+};
 use switchyard_cluster::state::{ActorKind, Command, Member, MemberStatus, NodeId, Placement};
 use switchyard_cluster::tls;
 use tokio::sync::{mpsc, watch};
@@ -40,6 +45,8 @@ pub const KIND_OPERATION: u16 = 2;
 pub const KIND_ACTOR: u16 = 3;
 /// Mesh channel carrying requests to queue and agent actors (and registrations a node holds).
 pub const KIND_ACTOR_REQUEST: u16 = 4;
+/// Mesh channel carrying call and agent copies to standby nodes (`crate::failover`).
+pub const KIND_REPLICA: u16 = 5;
 /// Actor messages waiting for the mailroom; beyond this they are dropped (delivery is at most
 /// once anyway) rather than hold up Raft traffic behind them.
 const ACTOR_TRAFFIC_QUEUE: usize = 8192;
@@ -53,6 +60,10 @@ const APPLY_DEADLINE: Duration = Duration::from_secs(2);
 const HEALTHY_WITHIN: Duration = Duration::from_secs(2);
 /// Raft messages queued towards the mesh before they are dropped (Raft retries).
 const RAFT_OUTBOUND_QUEUE: usize = 4096;
+/// How often the leader's failure detector looks at how long each member has been silent.
+const DETECTOR_PERIOD: Duration = Duration::from_millis(100);
+/// How long a failed member must have been heard continuously before it is made Active again.
+const REJOIN_AFTER: Duration = Duration::from_secs(1);
 
 /// A change only the leader can make; followers forward it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,15 +274,17 @@ pub async fn start(
         }
     }
     let (outbound_tx, outbound_rx) = mpsc::channel(RAFT_OUTBOUND_QUEUE);
-    let raft = raft::start(
-        RaftConfig {
-            bootstrap,
-            ..RaftConfig::new(cluster.node_id, data_dir.join("raft"))
-        },
-        outbound_tx,
-    )
-    .await
-    .context("cannot start raft")?;
+    let raft_config = RaftConfig {
+        bootstrap,
+        ..RaftConfig::new(cluster.node_id, data_dir.join("raft"))
+    };
+    // The lease (see `switchyard_cluster::raft`): `(election_tick - 2) / 2` ticks.
+    let lease = raft_config.tick.saturating_mul(
+        u32::try_from(raft_config.election_tick.saturating_sub(2) / 2).unwrap_or(0),
+    );
+    let raft = raft::start(raft_config, outbound_tx)
+        .await
+        .context("cannot start raft")?;
     tracing::info!(node_id = cluster.node_id, listen = %cluster.listen, "cluster member started");
     let runtime = ClusterRuntime {
         inner: Arc::new(Inner {
@@ -284,6 +297,10 @@ pub async fn start(
     let (actor_tx, actor_rx) = mpsc::channel(ACTOR_TRAFFIC_QUEUE);
     tokio::spawn(receive(runtime.clone(), incoming, actor_tx));
     tokio::spawn(follow_membership(runtime.clone()));
+    tokio::spawn(detect_failures(
+        runtime.clone(),
+        FailureDetector::new(cluster.node_id, cluster.failure_timeout(), lease),
+    ));
     tokio::spawn(seed_configuration(
         runtime.clone(),
         config_documents(config)?,
@@ -308,7 +325,8 @@ async fn receive(
     while let Some(message) = incoming.recv().await {
         match message {
             Incoming::Message {
-                kind: KIND_ACTOR, ..
+                kind: KIND_ACTOR | KIND_REPLICA,
+                ..
             }
             | Incoming::Request {
                 kind: KIND_ACTOR_REQUEST,
@@ -361,7 +379,8 @@ async fn receive(
     }
 }
 
-/// Keeps the mesh's address book equal to the replicated membership.
+/// Keeps the mesh's address book equal to the replicated membership. Failed members stay in it:
+/// the mesh keeps dialling them, so that the leader hears them again when they come back.
 async fn follow_membership(runtime: ClusterRuntime) {
     let mut view = runtime.inner.raft.view();
     let mut known: BTreeMap<NodeId, String> = BTreeMap::new();
@@ -390,6 +409,210 @@ async fn follow_membership(runtime: ClusterRuntime) {
         }
         if view.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// A member status change the failure detector wants proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    id: NodeId,
+    status: MemberStatus,
+    /// How long it had been silent (for `Failed`) or heard (for `Active`).
+    after: Duration,
+}
+
+/// The leader's failure detector (ADR 0014), as pure bookkeeping: fed the Raft status every
+/// [`DETECTOR_PERIOD`], it names the members to declare Failed or to make Active again.
+///
+/// - An Active or Draining member silent for longer than `failure_timeout` is declared Failed.
+///   Raft counts only messages of the current term, so a peer not heard at all since this node
+///   became leader counts as silent since then.
+/// - A Failed member heard continuously (every sample less than two leases old) for
+///   [`REJOIN_AFTER`] is made Active again. A leader that is itself marked Failed makes itself
+///   Active once it has led that long.
+/// - Only a leader in good standing decides; this node is never declared Failed by itself.
+struct FailureDetector {
+    me: NodeId,
+    failure_timeout: Duration,
+    /// A failed member whose last message is older than this is not being heard continuously.
+    heard_within: Duration,
+    rejoin_after: Duration,
+    /// The term this node leads in and when the detector first saw it lead.
+    leading: Option<(u64, Instant)>,
+    /// Failed members heard continuously since then.
+    heard_since: BTreeMap<NodeId, Instant>,
+}
+
+impl FailureDetector {
+    fn new(me: NodeId, failure_timeout: Duration, lease: Duration) -> Self {
+        Self {
+            me,
+            failure_timeout,
+            heard_within: lease.saturating_mul(2),
+            rejoin_after: REJOIN_AFTER,
+            leading: None,
+            heard_since: BTreeMap::new(),
+        }
+    }
+
+    fn observe(&mut self, now: Instant, status: &RaftStatus) -> Vec<Verdict> {
+        let view = &status.view;
+        if view.role != Role::Leader || !view.lease_valid {
+            self.leading = None;
+            self.heard_since.clear();
+            return Vec::new();
+        }
+        let since = match self.leading {
+            Some((term, since)) if term == view.term => since,
+            _ => {
+                self.heard_since.clear();
+                self.leading = Some((view.term, now));
+                now
+            }
+        };
+        let leading_for = now.saturating_duration_since(since);
+        let mut verdicts = Vec::new();
+        for m in view.state.members.values() {
+            let last_heard = if m.id == self.me {
+                Some(Duration::ZERO)
+            } else {
+                match status.peers.iter().find(|p| p.id == m.id) {
+                    Some(peer) => peer.last_heard,
+                    // Not a voter: Raft tells nothing about it.
+                    None => {
+                        self.heard_since.remove(&m.id);
+                        continue;
+                    }
+                }
+            };
+            match m.status {
+                MemberStatus::Active | MemberStatus::Draining => {
+                    self.heard_since.remove(&m.id);
+                    let silence = last_heard.unwrap_or(leading_for);
+                    if m.id != self.me && silence > self.failure_timeout {
+                        verdicts.push(Verdict {
+                            id: m.id,
+                            status: MemberStatus::Failed,
+                            after: silence,
+                        });
+                    }
+                }
+                MemberStatus::Failed => {
+                    let heard = if m.id == self.me {
+                        // Heard from itself since it started leading.
+                        Some(since)
+                    } else {
+                        last_heard
+                            .filter(|d| *d < self.heard_within)
+                            .map(|_| *self.heard_since.entry(m.id).or_insert(now))
+                    };
+                    match heard {
+                        Some(from) if now.saturating_duration_since(from) >= self.rejoin_after => {
+                            verdicts.push(Verdict {
+                                id: m.id,
+                                status: MemberStatus::Active,
+                                after: now.saturating_duration_since(from),
+                            });
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.heard_since.remove(&m.id);
+                        }
+                    }
+                }
+                MemberStatus::Removed => {
+                    self.heard_since.remove(&m.id);
+                }
+            }
+        }
+        verdicts
+    }
+}
+
+/// Runs the [`FailureDetector`] every [`DETECTOR_PERIOD`] and proposes its verdicts, at most one
+/// outstanding proposal per member; a failed proposal is logged and decided again next round.
+async fn detect_failures(runtime: ClusterRuntime, mut detector: FailureDetector) {
+    let mut ticker = tokio::time::interval(DETECTOR_PERIOD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: BTreeSet<NodeId> = BTreeSet::new();
+    let mut proposals: tokio::task::JoinSet<(Verdict, Result<u64, OperationError>)> =
+        tokio::task::JoinSet::new();
+    loop {
+        ticker.tick().await;
+        while let Some(done) = proposals.try_join_next() {
+            match done {
+                Ok((verdict, result)) => {
+                    pending.remove(&verdict.id);
+                    report_verdict(&verdict, result);
+                }
+                // A proposal task cannot panic short of a bug; forget them all and decide again.
+                Err(e) => {
+                    tracing::error!(error = %e, "failure detector proposal task failed");
+                    pending.clear();
+                }
+            }
+        }
+        let status = match runtime.inner.raft.status().await {
+            Ok(status) => status,
+            Err(ProposeError::Stopped) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "failure detector: no raft status");
+                continue;
+            }
+        };
+        for verdict in detector.observe(Instant::now(), &status) {
+            if !pending.insert(verdict.id) {
+                continue;
+            }
+            let silence_ms = verdict.after.as_millis() as u64;
+            match verdict.status {
+                MemberStatus::Failed => tracing::warn!(
+                    node_id = verdict.id,
+                    silence_ms,
+                    "member silent longer than the failure timeout; declaring it failed"
+                ),
+                _ => tracing::info!(
+                    node_id = verdict.id,
+                    heard_for_ms = silence_ms,
+                    "failed member heard again; making it active"
+                ),
+            }
+            let runtime = runtime.clone();
+            proposals.spawn(async move {
+                let command = Command::SetMemberStatus {
+                    id: verdict.id,
+                    status: verdict.status,
+                };
+                let result = runtime.apply_here(&Operation::Propose(command)).await;
+                (verdict, result)
+            });
+        }
+    }
+}
+
+fn report_verdict(verdict: &Verdict, result: Result<u64, OperationError>) {
+    let node_id = verdict.id;
+    match (verdict.status, result) {
+        (MemberStatus::Failed, Ok(index)) => {
+            metrics::counter!("cluster_members_failed_total").increment(1);
+            tracing::warn!(
+                node_id,
+                silence_ms = verdict.after.as_millis() as u64,
+                index,
+                "member declared failed; its actors moved"
+            );
+        }
+        (_, Ok(index)) => {
+            metrics::counter!("cluster_members_rejoined_total").increment(1);
+            tracing::info!(node_id, index, "failed member is active again");
+        }
+        // Lost the leadership meanwhile: the next leader decides.
+        (status, Err(e @ OperationError::Raft(ProposeError::NotLeader { .. }))) => {
+            tracing::debug!(node_id, ?status, error = %e, "member status not proposed");
+        }
+        (status, Err(e)) => {
+            tracing::warn!(node_id, ?status, error = %e, "member status change failed; will retry");
         }
     }
 }
@@ -773,4 +996,210 @@ async fn apply(runtime: &ClusterRuntime, operation: Operation) -> Result<u64, Ap
         }
         _ => api_error(StatusCode::BAD_GATEWAY, e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_cluster::raft::PeerStatus;
+    use switchyard_cluster::state::ClusterState;
+
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    const LEASE: Duration = Duration::from_millis(200);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn member(id: NodeId, status: MemberStatus) -> Member {
+        Member {
+            id,
+            name: format!("node{id}"),
+            site: "dc1".into(),
+            raft_addr: format!("127.0.0.1:{}", 7000 + id),
+            sip_addr: format!("127.0.0.1:{}", 5060 + id),
+            http_addr: format!("127.0.0.1:{}", 8080 + id),
+            status,
+            joined_at_index: 1,
+        }
+    }
+
+    /// Node 1's status as leader in `term` of members with `statuses`, and Raft having last
+    /// heard from each other member `heard` ago.
+    fn status(
+        role: Role,
+        term: u64,
+        members: &[(NodeId, MemberStatus, Option<Duration>)],
+    ) -> RaftStatus {
+        let mut state = ClusterState::default();
+        for &(id, status, _) in members {
+            state.members.insert(id, member(id, status));
+        }
+        RaftStatus {
+            view: ClusterView {
+                node_id: 1,
+                role,
+                leader: (role == Role::Leader).then_some(1),
+                term,
+                commit_index: 10,
+                applied_index: 10,
+                voters: members.iter().map(|m| m.0).collect(),
+                state: Arc::new(state),
+                lease_valid: true,
+            },
+            first_index: 1,
+            last_index: 10,
+            snapshot_index: 1,
+            peers: members
+                .iter()
+                .filter(|m| m.0 != 1)
+                .map(|&(id, _, last_heard)| PeerStatus {
+                    id,
+                    matched: Some(10),
+                    last_heard,
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(verdicts: &[Verdict]) -> Vec<(NodeId, MemberStatus)> {
+        verdicts.iter().map(|v| (v.id, v.status)).collect()
+    }
+
+    #[test]
+    fn silent_active_and_draining_members_are_declared_failed() {
+        let mut d = FailureDetector::new(1, TIMEOUT, LEASE);
+        let t0 = Instant::now();
+        let s = |heard2, heard3| {
+            status(
+                Role::Leader,
+                5,
+                &[
+                    (1, MemberStatus::Active, None),
+                    (2, MemberStatus::Active, heard2),
+                    (3, MemberStatus::Draining, heard3),
+                    (4, MemberStatus::Removed, None),
+                ],
+            )
+        };
+        assert!(d.observe(t0, &s(Some(50 * MS), Some(50 * MS))).is_empty());
+        assert!(
+            d.observe(t0, &s(Some(TIMEOUT), Some(10 * MS))).is_empty(),
+            "silent for exactly the timeout: not yet"
+        );
+        let verdicts = d.observe(t0, &s(Some(TIMEOUT + MS), Some(3000 * MS)));
+        assert_eq!(
+            ids(&verdicts),
+            [(2, MemberStatus::Failed), (3, MemberStatus::Failed)]
+        );
+        assert_eq!(verdicts[0].after, TIMEOUT + MS);
+    }
+
+    #[test]
+    fn never_heard_counts_from_the_start_of_the_leadership() {
+        let mut d = FailureDetector::new(1, TIMEOUT, LEASE);
+        let t0 = Instant::now();
+        let s = |term| {
+            status(
+                Role::Leader,
+                term,
+                &[
+                    (1, MemberStatus::Active, None),
+                    (2, MemberStatus::Active, None),
+                ],
+            )
+        };
+        assert!(d.observe(t0, &s(5)).is_empty());
+        assert!(d.observe(t0 + TIMEOUT, &s(5)).is_empty());
+        assert_eq!(
+            ids(&d.observe(t0 + TIMEOUT + MS, &s(5))),
+            [(2, MemberStatus::Failed)]
+        );
+        // A new term starts the count again.
+        let t1 = t0 + 2 * TIMEOUT;
+        assert!(d.observe(t1, &s(6)).is_empty());
+        assert!(d.observe(t1 + TIMEOUT, &s(6)).is_empty());
+        assert_eq!(d.observe(t1 + TIMEOUT + MS, &s(6)).len(), 1);
+    }
+
+    #[test]
+    fn only_a_leader_in_good_standing_decides_and_never_about_itself() {
+        let mut d = FailureDetector::new(1, TIMEOUT, LEASE);
+        let t0 = Instant::now();
+        let members = [
+            (1, MemberStatus::Active, None),
+            (2, MemberStatus::Active, Some(5000 * MS)),
+        ];
+        assert!(
+            d.observe(t0, &status(Role::Follower, 5, &members))
+                .is_empty()
+        );
+        let mut lost = status(Role::Leader, 5, &members);
+        lost.view.lease_valid = false;
+        assert!(d.observe(t0, &lost).is_empty());
+        // Node 1 itself is never reported, however long it has led.
+        let only_me = status(Role::Leader, 5, &[(1, MemberStatus::Active, None)]);
+        assert!(d.observe(t0, &only_me).is_empty());
+        assert!(d.observe(t0 + 10 * TIMEOUT, &only_me).is_empty());
+        assert_eq!(
+            ids(&d.observe(t0, &status(Role::Leader, 5, &members))),
+            [(2, MemberStatus::Failed)]
+        );
+    }
+
+    #[test]
+    fn a_failed_member_rejoins_after_a_second_of_continuous_contact() {
+        let mut d = FailureDetector::new(1, TIMEOUT, LEASE);
+        let t0 = Instant::now();
+        let s = |heard| {
+            status(
+                Role::Leader,
+                5,
+                &[
+                    (1, MemberStatus::Active, None),
+                    (2, MemberStatus::Failed, heard),
+                ],
+            )
+        };
+        // Still silent, or heard too long ago: nothing.
+        assert!(d.observe(t0, &s(None)).is_empty());
+        assert!(d.observe(t0, &s(Some(2 * LEASE))).is_empty());
+        // Heard from t0 + 100 ms on ...
+        let start = t0 + 100 * MS;
+        for step in 0..10u32 {
+            assert!(
+                d.observe(start + step * 100 * MS, &s(Some(30 * MS)))
+                    .is_empty(),
+                "step {step}"
+            );
+        }
+        // ... for a whole second: Active again.
+        let verdicts = d.observe(start + 1000 * MS, &s(Some(30 * MS)));
+        assert_eq!(ids(&verdicts), [(2, MemberStatus::Active)]);
+        assert_eq!(verdicts[0].after, 1000 * MS);
+        // A gap of two leases restarts the count.
+        let mut d = FailureDetector::new(1, TIMEOUT, LEASE);
+        assert!(d.observe(t0, &s(Some(10 * MS))).is_empty());
+        assert!(d.observe(t0 + 600 * MS, &s(Some(400 * MS))).is_empty());
+        assert!(d.observe(t0 + 700 * MS, &s(Some(10 * MS))).is_empty());
+        assert!(d.observe(t0 + 1200 * MS, &s(Some(10 * MS))).is_empty());
+        assert_eq!(d.observe(t0 + 1700 * MS, &s(Some(10 * MS))).len(), 1);
+    }
+
+    #[test]
+    fn a_failed_leader_makes_itself_active() {
+        let mut d = FailureDetector::new(1, TIMEOUT, LEASE);
+        let t0 = Instant::now();
+        let s = status(
+            Role::Leader,
+            5,
+            &[
+                (1, MemberStatus::Failed, None),
+                (2, MemberStatus::Active, Some(10 * MS)),
+            ],
+        );
+        assert!(d.observe(t0, &s).is_empty());
+        assert!(d.observe(t0 + 900 * MS, &s).is_empty());
+        assert_eq!(
+            ids(&d.observe(t0 + REJOIN_AFTER, &s)),
+            [(1, MemberStatus::Active)]
+        );
+    }
 }

@@ -63,6 +63,20 @@ pub struct ClusterConfig {
     /// empty and waits to be added (`switchyard ctl node add`).
     #[serde(default)]
     pub bootstrap: Vec<ClusterMemberConfig>,
+    /// The leader declares a member failed (and moves its actors) after this long without
+    /// hearing from it. At least 500: well past the 200 ms lease, so the silent member has
+    /// stopped acting before anyone takes over.
+    #[serde(default = "default_failure_timeout_ms")]
+    pub failure_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    /// Lowest accepted `failure_timeout_ms`.
+    pub const MIN_FAILURE_TIMEOUT_MS: u64 = 500;
+
+    pub fn failure_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.failure_timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -398,6 +412,15 @@ impl Config {
             if cluster.node_id == 0 {
                 return invalid("cluster.node_id must be non-zero".into());
             }
+            if cluster.failure_timeout_ms < ClusterConfig::MIN_FAILURE_TIMEOUT_MS {
+                return invalid(format!(
+                    "cluster.failure_timeout_ms is {} but must be at least {}: a shorter timeout \
+                     could declare a member failed while it may still act for its actors \
+                     (its lease lasts 200 ms)",
+                    cluster.failure_timeout_ms,
+                    ClusterConfig::MIN_FAILURE_TIMEOUT_MS
+                ));
+            }
             let mut ids = HashSet::new();
             for m in &cluster.bootstrap {
                 if m.id == 0 || !ids.insert(m.id) {
@@ -474,6 +497,9 @@ fn default_site() -> String {
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
+}
+fn default_failure_timeout_ms() -> u64 {
+    1000
 }
 fn default_t1_ms() -> u64 {
     500
@@ -569,5 +595,30 @@ mod tests {
         assert!(expand_extensions("20-10").is_err());
         assert!(expand_extensions("abc").is_err());
         assert!(expand_extensions("").is_err());
+    }
+
+    fn cluster_config(extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "[sip]\nlisten = \"127.0.0.1:5060\"\n[http]\nlisten = \"127.0.0.1:8080\"\n\
+             [cluster]\nnode_id = 1\nlisten = \"127.0.0.1:7101\"\ncerts = \"certs\"\n{extra}"
+        );
+        let config: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn failure_timeout_defaults_to_a_second_and_has_a_floor() {
+        let config = cluster_config("").unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.failure_timeout_ms, 1000);
+        assert_eq!(cluster.failure_timeout(), std::time::Duration::from_secs(1));
+        let config = cluster_config("failure_timeout_ms = 500").unwrap();
+        assert_eq!(config.cluster.unwrap().failure_timeout_ms, 500);
+        let err = cluster_config("failure_timeout_ms = 499").unwrap_err();
+        assert!(
+            err.contains("cluster.failure_timeout_ms") && err.contains("at least 500"),
+            "{err}"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`acd`]: queue and agent actors.
 //! - [`remote`]: queue, agent and call actors across the cluster (hosting by placement, proxies,
 //!   remote messages).
+//! - [`failover`]: calls and agents copied to standby nodes, taken over when a node fails.
 //! - [`cdr`]: call records and their store.
 //! - [`api`]: the HTTP API.
 
@@ -20,6 +21,7 @@ pub mod cdr;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod failover;
 pub mod node;
 pub mod registrar;
 pub mod remote;

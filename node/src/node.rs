@@ -19,6 +19,7 @@ use crate::call::CallMsg;
 use crate::call::Local;
 use crate::cdr::store::{CdrStore, CdrWriter};
 use crate::config::{AgentSpec, Config, DidConfig};
+use crate::failover::Failover;
 use crate::registrar::{BindingChange, Registrar};
 use crate::remote::hosting::Hosting;
 use crate::remote::mailroom::Mailroom;
@@ -50,6 +51,8 @@ pub struct NodeContext {
     /// Root of call recordings.
     pub recordings_dir: PathBuf,
     pub cdrs: CdrWriter,
+    /// Call and agent replication and take-over (clustered nodes only).
+    pub failover: Option<Failover>,
     dids: HashMap<String, DidConfig>,
 }
 
@@ -126,6 +129,9 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let (sip, sip_commands) = endpoint::channel();
     let cluster = crate::cluster::start(&config, &data_dir).await?;
     let node_id = cluster.as_ref().map_or(0, |(runtime, _)| runtime.node_id());
+    let failover = cluster
+        .as_ref()
+        .map(|(runtime, _)| Failover::new(node_id, runtime.mesh().clone(), runtime.watch_view()));
     let calls = Directory::default();
 
     let recordings_dir = config
@@ -157,6 +163,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         calls,
         recordings_dir,
         cdrs,
+        failover,
     });
 
     let cluster = match cluster {
@@ -171,8 +178,12 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
                 calls: ctx.calls.clone(),
                 queues: ctx.queues.clone(),
                 registrar: Arc::clone(&ctx.registrar),
+                failover: ctx.failover.clone(),
             };
             tokio::spawn(mailroom.run(actor_traffic));
+            if let Some(failover) = ctx.failover.clone() {
+                tokio::spawn(failover.run(Arc::clone(&ctx)));
+            }
             tokio::spawn(Hosting::new(Arc::clone(&ctx), runtime.clone(), hosted).run());
             Some(runtime)
         }
@@ -246,6 +257,8 @@ async fn spawn_acd(ctx: &NodeContext, agents: Vec<AgentSpec>) -> anyhow::Result<
             spec,
             queues: ctx.queues.clone(),
             fence: Fence::open(),
+            restored: None,
+            failover: None,
         };
         let agent = agent::spawn_agent(args)
             .await

@@ -10,6 +10,9 @@
 //! - `restart_from_data_dir_keeps_state`: SIGTERM and `kill -9` of single nodes and of all.
 //! - `join_and_leave_while_calls_flow`: node 4 joins and node 3 leaves while SIPp calls flow.
 //! - `drain_moves_actors_off_a_node`: `ctl node drain`.
+//! - `dead_node_is_declared_failed_and_rejoins`: `kill -9` of a follower; the leader declares
+//!   it failed and its actors move to the survivors; restarted, it is active again and nothing
+//!   moves back. The kill-to-failed times are printed.
 //!
 //! The partition test needs root (iptables on loopback) and fails, rather than skips, without
 //! it. The kill and partition tests also check the history of the writes made meanwhile (the
@@ -28,6 +31,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
@@ -775,6 +779,170 @@ fn drain_moves_actors_off_a_node() {
         );
     }
     eprintln!("[drain] node 2 drained: {on_two} actors moved");
+}
+
+/// `GET /v1/cluster/placement` on node `id`: the placement epoch and each actor's home.
+fn homes(cluster: &Cluster, id: u64) -> Result<(u64, BTreeMap<String, u64>), String> {
+    let resp = common::http::get(
+        cluster.http(id),
+        "/v1/cluster/placement",
+        Duration::from_secs(2),
+    )
+    .map_err(|e| format!("node {id}: GET /v1/cluster/placement: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!("node {id}: HTTP {} {}", resp.status, resp.text()));
+    }
+    let json: Value = serde_json::from_slice(&resp.body).map_err(|e| format!("node {id}: {e}"))?;
+    let epoch = json["placement_epoch"]
+        .as_u64()
+        .ok_or_else(|| format!("node {id}: no placement_epoch in {json}"))?;
+    let actors = json["actors"]
+        .as_object()
+        .ok_or_else(|| format!("node {id}: no actors in {json}"))?
+        .iter()
+        .map(|(key, p)| {
+            p["node"]
+                .as_u64()
+                .map(|node| (key.clone(), node))
+                .ok_or_else(|| format!("node {id}: {key} has no home: {p}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((epoch, actors))
+}
+
+/// Every node of `ids` shows member `member` with `status` and the same placement, which
+/// places all `actors` actors and none on a member in `not_on`; returns that placement.
+fn agreed(
+    cluster: &Cluster,
+    ids: &[u64],
+    member: u64,
+    status: &str,
+    actors: usize,
+    not_on: &[u64],
+) -> Result<(u64, BTreeMap<String, u64>), String> {
+    let mut first: Option<(u64, BTreeMap<String, u64>)> = None;
+    for &id in ids {
+        let s = cluster.try_status(id)?;
+        let m = s
+            .member(member)
+            .ok_or_else(|| format!("node {id}: no member {member}"))?;
+        if !m.status_is(status) {
+            return Err(format!("node {id}: member {member} is {}", m.status));
+        }
+        let placement = homes(cluster, id)?;
+        if placement.1.len() != actors {
+            return Err(format!(
+                "node {id}: {} of {actors} actors placed",
+                placement.1.len()
+            ));
+        }
+        if let Some((key, node)) = placement.1.iter().find(|(_, n)| not_on.contains(n)) {
+            return Err(format!("node {id}: {key} still on node {node}"));
+        }
+        match &first {
+            Some(f) if *f != placement => {
+                return Err(format!("node {id} disagrees with node {}", ids[0]));
+            }
+            Some(_) => {}
+            None => first = Some(placement),
+        }
+    }
+    first.ok_or_else(|| "no nodes".to_owned())
+}
+
+#[test]
+fn dead_node_is_declared_failed_and_rejoins() {
+    let mut cluster = Cluster::start("failure", 3);
+    let ids = cluster.all_ids();
+    wait_formed(&mut cluster);
+    let actors = cluster.options.actors();
+    let mut kill_to_failed = Vec::new();
+    let mut restart_to_active = Vec::new();
+    // Each follower in turn (the leader stays: no election is involved).
+    let leader = cluster.wait_leader(Duration::from_secs(10)).node_id;
+    let followers: Vec<u64> = ids.iter().copied().filter(|&id| id != leader).collect();
+    for (round, &victim) in followers.iter().enumerate() {
+        let round = round + 1;
+        let survivors: Vec<u64> = ids.iter().copied().filter(|&id| id != victim).collect();
+        let (epoch_before, before) = poll(Duration::from_secs(10), "placement agreed", || {
+            agreed(&cluster, &ids, victim, "active", actors, &[])
+        });
+        let hosted: Vec<&String> = before
+            .iter()
+            .filter(|(_, n)| **n == victim)
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            !hosted.is_empty(),
+            "round {round}: node {victim} hosts nothing: {before:?}"
+        );
+
+        let killed_at = Instant::now();
+        cluster.kill9(victim);
+        let (epoch_failed, after) = poll(
+            Duration::from_secs(5),
+            &format!("round {round}: survivors {survivors:?} show node {victim} failed"),
+            || agreed(&cluster, &survivors, victim, "failed", actors, &[victim]),
+        );
+        let took = killed_at.elapsed();
+        eprintln!(
+            "[failure] round {round}: node {victim} (hosting {} actors) killed; failed and its \
+             actors placed on {survivors:?} {took:?} after the kill",
+            hosted.len()
+        );
+        kill_to_failed.push(took);
+        // Only the dead node's actors moved, in one placement change.
+        for (key, node) in &before {
+            if *node != victim {
+                assert_eq!(after.get(key), Some(node), "round {round}: {key} moved");
+            }
+        }
+        assert!(
+            epoch_failed > epoch_before,
+            "round {round}: epoch unchanged"
+        );
+        // The leader still leads: the failure cost no election, and the survivors take writes.
+        let now_leader = cluster.wait_leader_among(&survivors, Duration::from_secs(5));
+        assert_eq!(now_leader.node_id, leader, "round {round}");
+        cluster.put_ok(survivors[0], &format!("failure/{round}"), &json!(round));
+        // `ctl status` shows it.
+        let table = ctl_ok(&["status", "--http", &cluster.http(survivors[0]).to_string()]);
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(victim.to_string().as_str()))
+            .unwrap_or_else(|| panic!("round {round}: no row for node {victim}:\n{table}"));
+        assert!(
+            row.split_whitespace().any(|w| w == "failed"),
+            "round {round}: ctl status row for node {victim}: {row}\n{table}"
+        );
+
+        // Back: active again, and its actors stay where they moved.
+        let restarted_at = Instant::now();
+        cluster.restart(victim);
+        let (epoch_back, back) = poll(
+            Duration::from_secs(10),
+            &format!("round {round}: node {victim} active again everywhere"),
+            || agreed(&cluster, &ids, victim, "active", actors, &[victim]),
+        );
+        let rejoined = restarted_at.elapsed();
+        eprintln!(
+            "[failure] round {round}: node {victim} restarted; active again after {rejoined:?}"
+        );
+        restart_to_active.push(rejoined);
+        assert_eq!(
+            back, after,
+            "round {round}: placement changed by the return"
+        );
+        assert_eq!(epoch_back, epoch_failed, "round {round}");
+        cluster.wait_converged(&ids, Duration::from_secs(15));
+        let (_, still) = homes(&cluster, victim).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            still, after,
+            "round {round}: placement changed after the return"
+        );
+    }
+    eprintln!("[failure] kill -9 -> failed and actors placed: {kill_to_failed:?}");
+    eprintln!("[failure] restart -> active: {restart_to_active:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

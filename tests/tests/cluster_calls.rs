@@ -1,7 +1,7 @@
 //! Calls across a three-node cluster: the queue lives on one node (its placement), the agent's
 //! phone registers at a second, the caller dials a third; then the queue's node is killed, a
-//! caller arrives while the queue has no home, the dead node is removed, the queue moves, and
-//! the waiting caller is connected.
+//! caller arrives while the queue's home is dead, the leader declares the node failed and the
+//! queue moves, the operator removes the dead node, and the waiting caller is connected.
 
 mod common;
 
@@ -143,11 +143,27 @@ fn calls_cross_nodes_and_survive_the_queue_home_dying() {
     cluster.kill9(queue_home);
     let waiting = call(cluster.node(call_into), 500);
     std::thread::sleep(Duration::from_secs(1));
-    // The operator removes the dead node; the queue moves to a survivor and the caller, still
-    // hearing music on hold, joins it again.
+    // The leader declares the dead node failed (after an election if it led); the queue moves
+    // to a survivor and the caller, still hearing music on hold, joins it again.
     let survivors = [register_at, call_into];
-    // It may have been the leader: the removal goes through once the survivors elect one.
     cluster.wait_leader_among(&survivors, Duration::from_secs(20));
+    poll(
+        Duration::from_secs(10),
+        "the dead node declared failed",
+        || {
+            for id in survivors {
+                let s = cluster.try_status(id)?;
+                let m = s
+                    .member(queue_home)
+                    .ok_or_else(|| format!("node {id}: no member {queue_home}"))?;
+                if !m.status_is("failed") {
+                    return Err(format!("node {id}: node {queue_home} is {}", m.status));
+                }
+            }
+            Ok(())
+        },
+    );
+    // Removing a failed member still works.
     poll(Duration::from_secs(20), "ctl node remove", || {
         let out = cluster.ctl(&[
             "node",

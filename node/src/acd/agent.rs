@@ -31,6 +31,7 @@ use switchyard_cluster::state::NodeId;
 
 use super::{AgentId, AgentMsg, CallId, OfferOutcome, QueueMsg, RequestedState};
 use crate::config::{AgentSpec, QueueConfig};
+use crate::failover::Failover;
 use crate::remote::Fence;
 use crate::time::unix_ms;
 
@@ -465,6 +466,10 @@ pub struct AgentArgs {
     pub queues: Directory<String, QueueMsg>,
     /// Whether this node may act for the agent right now.
     pub fence: Fence,
+    /// The state the agent's previous home copied here before it failed, if any.
+    pub restored: Option<AgentState>,
+    /// Copies the state to the agent's heir after every change (clustered nodes only).
+    pub failover: Option<Failover>,
 }
 
 /// The policies of the queues `spec` serves that `queue` knows, by queue name.
@@ -484,6 +489,22 @@ pub struct AgentActorState {
     policies: HashMap<String, QueuePolicy>,
     queues: Directory<String, QueueMsg>,
     fence: Fence,
+    failover: Option<Failover>,
+    /// The state as last copied to the heir.
+    replicated: Option<AgentState>,
+}
+
+impl AgentActorState {
+    /// Copies the state to the heir if it changed since the last copy.
+    fn replicate(&mut self) {
+        let Some(failover) = &self.failover else {
+            return;
+        };
+        if self.replicated.as_ref() != Some(&self.agent) {
+            failover.agent_changed(&self.agent);
+            self.replicated = Some(self.agent.clone());
+        }
+    }
 }
 
 impl AgentActorState {
@@ -540,19 +561,52 @@ impl Actor for AgentActor {
         _myself: ActorRef<AgentMsg>,
         args: AgentArgs,
     ) -> Result<AgentActorState, ActorProcessingErr> {
-        let agent = AgentState::new(
-            args.spec.extension,
-            args.spec.queues,
-            args.spec.available_on_register,
-            unix_ms(),
-        );
+        let agent = match args.restored {
+            Some(mut restored) if restored.extension == args.spec.extension => {
+                tracing::info!(agent = %restored.extension, status = restored.status.name(),
+                    "agent restored from its previous home's copy");
+                // The configuration may have changed meanwhile; it decides the queues.
+                restored.queues = args.spec.queues;
+                restored.available_on_register = args.spec.available_on_register;
+                restored
+            }
+            _ => AgentState::new(
+                args.spec.extension,
+                args.spec.queues,
+                args.spec.available_on_register,
+                unix_ms(),
+            ),
+        };
         metrics::gauge!("switchyard_agents", "status" => agent.status.name()).increment(1.0);
         Ok(AgentActorState {
             agent,
             policies: args.policies,
             queues: args.queues,
             fence: args.fence,
+            failover: args.failover,
+            replicated: None,
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        state: &mut AgentActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A restored agent carries on: its wrap-up ends on time, and its queues (which may be
+        // new too) learn that it is available.
+        match state.agent.status.clone() {
+            AgentStatus::WrapUp { call_id, until_ms } => {
+                let delay = Duration::from_millis(until_ms.saturating_sub(unix_ms()));
+                myself.send_after(delay, move || AgentMsg::WrapUpDone { call_id });
+            }
+            AgentStatus::Available => state.notify(Transition::Available {
+                idle_since_ms: state.agent.idle_since_ms,
+            }),
+            _ => {}
+        }
+        state.replicate();
+        Ok(())
     }
 
     async fn post_stop(
@@ -648,6 +702,7 @@ impl Actor for AgentActor {
         };
         state.notify(transition);
         record_metrics(&before, &state.agent);
+        state.replicate();
         Ok(())
     }
 }

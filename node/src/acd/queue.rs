@@ -588,7 +588,10 @@ impl QueueActorState {
     fn offer_outcome(&mut self, call: CallAddr, agent_id: &str, outcome: OfferOutcome) {
         let call_id = &call.call_id;
         if self.queue.end_offer(call_id, agent_id, outcome, unix_ms()) {
-            if !self.queue.is_waiting(call_id) {
+            if self.queue.is_waiting(call_id) {
+                // From a standby that took the call over, the report carries its new address.
+                self.calls.insert(call_id.clone(), call.clone());
+            } else {
                 self.calls.remove(call_id);
             }
             self.relay(agent_id, call_id, outcome);
@@ -771,8 +774,10 @@ impl Actor for QueueActor {
                     state.calls.insert(call_id, call);
                 } else {
                     // Callers join again when asked to (`CallMsg::Requeue`): first place stands.
+                    // The call may have moved to its standby node: offers go there now.
                     tracing::debug!(queue = %state.queue.name, call = %call_id,
                         "call enqueued twice; keeping its first place");
+                    state.calls.insert(call_id, call);
                 }
             }
             QueueMsg::Abandon { call_id } => {
@@ -1196,6 +1201,8 @@ mod protocol_tests {
                     spec,
                     queues: queues.clone(),
                     fence: Fence::open(),
+                    restored: None,
+                    failover: None,
                 };
                 agents.insert(extension, spawn_agent(args).await.unwrap());
             }
@@ -1584,6 +1591,8 @@ mod protocol_tests {
             spec,
             queues: h.queues.clone(),
             fence: Fence::placed(watch, key.clone(), 1, Instant::now()),
+            restored: None,
+            failover: None,
         };
         h.agents
             .insert("2001".into(), spawn_agent(args).await.unwrap());

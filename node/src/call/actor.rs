@@ -27,7 +27,8 @@ use switchyard_sip::sdp;
 use switchyard_sip::transaction::{self, Peer, TransactionId};
 
 use super::legs::{self, AgentInvite, Local};
-use super::{CallMsg, CallSnapshot, MonitorMode, MonitorSnapshot};
+use super::replica::MediaTarget;
+use super::{CallMsg, CallReplica, CallSnapshot, MonitorMode, MonitorSnapshot};
 use crate::acd::{AgentMsg, OfferOutcome, QueueMsg};
 use crate::cdr::{CallRecord, Disposition, HangupBy, MonitorRecord, OfferRecord, RtpStats};
 use crate::config::Overflow;
@@ -45,13 +46,23 @@ const AGENT_OFFER_CODECS: [(u8, sdp::Codec); 2] = [(0, sdp::Codec::Pcmu), (8, sd
 /// How long a finished call waits for cancelled agent legs to send their final response.
 const STRAY_LEG_GRACE: Duration = Duration::from_secs(32);
 
+mod takeover;
+
 pub struct CallActor;
 
-pub struct CallArgs {
-    pub ctx: Arc<NodeContext>,
-    pub invite: Request,
-    pub txn: TransactionId,
-    pub from: Peer,
+pub enum CallArgs {
+    /// A new call: the caller's INVITE, in its server transaction.
+    Invite {
+        ctx: Arc<NodeContext>,
+        invite: Box<Request>,
+        txn: TransactionId,
+        from: Peer,
+    },
+    /// A call of a failed or draining node, from the copy this node kept as its standby.
+    Takeover {
+        ctx: Arc<NodeContext>,
+        replica: Box<CallReplica>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,19 +76,29 @@ enum Phase {
     Connected,
     /// Playing the goodbye prompt before refusing the call.
     Goodbye,
+    /// Given to the standby of a draining node; relaying media until the legs have moved.
+    HandedOver,
     /// Over; lingering only for stray agent legs.
     Done,
 }
 
 struct CallerLeg {
     invite: Request,
-    txn: TransactionId,
+    /// The INVITE's server transaction; `None` on a standby until it has adopted it.
+    txn: Option<TransactionId>,
+    /// Where the INVITE came from.
+    peer: Peer,
     local: Local,
     dialog: Option<Dialog>,
     local_tag: String,
     /// Our SDP answer, sent in the 183 and again in the 200.
     sdp: String,
+    /// `o=` session id and version of `sdp`.
+    sdp_session: u64,
+    sdp_version: u64,
     endpoint: Option<Endpoint>,
+    /// Where the caller's phone takes RTP.
+    media: Option<MediaTarget>,
 }
 
 struct AgentLeg {
@@ -91,6 +112,10 @@ struct AgentLeg {
     local: Local,
     dialog: Option<Dialog>,
     endpoint: Option<Endpoint>,
+    /// Where the agent's phone takes RTP, once it answered.
+    media: Option<MediaTarget>,
+    /// `o=` session id of our SDP towards the agent.
+    sdp_session: u64,
     offered_ms: u64,
 }
 
@@ -144,6 +169,10 @@ pub struct CallState {
     attempts: u32,
     priority: u8,
     record: CallRecord,
+    /// Replication to the standby node (clustered nodes only).
+    replication: takeover::Replication,
+    /// Re-INVITEs of a take-over still waiting for their answers.
+    resuming: Option<takeover::Resuming>,
 }
 
 impl Actor for CallActor {
@@ -156,12 +185,17 @@ impl Actor for CallActor {
         _myself: ActorRef<CallMsg>,
         args: CallArgs,
     ) -> Result<CallState, ActorProcessingErr> {
-        let CallArgs {
-            ctx,
-            invite,
-            txn,
-            from,
-        } = args;
+        let (ctx, invite, txn, from) = match args {
+            CallArgs::Invite {
+                ctx,
+                invite,
+                txn,
+                from,
+            } => (ctx, *invite, txn, from),
+            CallArgs::Takeover { ctx, replica } => {
+                return CallState::from_replica(ctx, *replica).map_err(Into::into);
+            }
+        };
         let now = unix_ms();
         let record = CallRecord {
             id: format!("{:016x}", rand::random::<u64>()),
@@ -189,18 +223,23 @@ impl Actor for CallActor {
             agent_rtp: None,
             dtmf: String::new(),
             monitors: Vec::new(),
+            failover: None,
         };
         let local = ctx.local(from.transport);
         Ok(CallState {
             invited_at: std::time::Instant::now(),
             caller: CallerLeg {
                 invite,
-                txn,
+                txn: Some(txn),
+                peer: from,
                 local,
                 dialog: None,
                 local_tag: dialog::new_tag(),
                 sdp: String::new(),
+                sdp_session: rand::random::<u32>().into(),
+                sdp_version: 1,
                 endpoint: None,
+                media: None,
             },
             ctx,
             phase: Phase::Routing,
@@ -210,6 +249,8 @@ impl Actor for CallActor {
             attempts: 0,
             priority: 0,
             record,
+            replication: takeover::Replication::default(),
+            resuming: None,
         })
     }
 
@@ -224,7 +265,12 @@ impl Actor for CallActor {
             .ctx
             .calls
             .insert(state.record.id.clone(), myself.clone());
-        state.route(&myself);
+        if state.phase == Phase::Routing {
+            state.route(&myself);
+        } else {
+            state.resume(&myself);
+        }
+        state.replicate();
         Ok(())
     }
 
@@ -256,11 +302,11 @@ impl Actor for CallActor {
             CallMsg::SipRequest { txn, request, .. } => state.on_request(&myself, txn, request),
             CallMsg::SipAck { .. } => {}
             CallMsg::SipCancel { .. } => state.on_caller_cancel(&myself),
-            CallMsg::SipResponse { response } => state.on_response(response),
-            CallMsg::ClientTimeout { branch } => state.on_client_timeout(&branch),
+            CallMsg::SipResponse { response } => state.on_response(&myself, response),
+            CallMsg::ClientTimeout { branch } => state.on_client_timeout(&myself, &branch),
             CallMsg::ServerTimeout { .. } => {
                 // Our 200 to the caller was never ACKed: the caller is gone.
-                if state.phase == Phase::Connected {
+                if state.phase == Phase::Connected && state.may_act() {
                     state.hang_up_agent();
                     state.finish(&myself, HangupBy::System, Disposition::Answered);
                 }
@@ -290,9 +336,13 @@ impl Actor for CallActor {
                 answer(reply, result.map(|()| state.snapshot()));
             }
             CallMsg::Snapshot(reply) => answer(reply, state.snapshot()),
+            CallMsg::Relinquish => state.relinquish(),
+            CallMsg::HandOver => state.hand_over(&myself),
         }
         if state.phase == Phase::Done && state.strays.is_empty() {
             myself.stop(None);
+        } else {
+            state.replicate();
         }
         Ok(())
     }
@@ -310,7 +360,17 @@ impl CallState {
     fn respond_to_caller(&self, code: StatusCode) {
         let tag = Some(self.caller.local_tag.as_str());
         let response = message::response(&self.caller.invite, code, tag);
-        self.respond(self.caller.txn, response);
+        self.respond_to_invite(response);
+    }
+
+    /// Answers the caller's INVITE; a standby that has not adopted its transaction yet cannot.
+    fn respond_to_invite(&self, response: Response) {
+        match self.caller.txn {
+            Some(txn) => self.respond(txn, response),
+            None => {
+                tracing::warn!(call = %self.record.id, "caller's INVITE not adopted yet; response dropped")
+            }
+        }
     }
 
     /// Refuses the caller's INVITE with a final error and ends the call.
@@ -342,7 +402,7 @@ impl CallState {
             response
                 .headers
                 .push(Header::Other("Accept".into(), "application/sdp".into()));
-            self.respond(self.caller.txn, response);
+            self.respond_to_invite(response);
             return self.finish(myself, HangupBy::System, Disposition::Failed);
         }
         let negotiated = sdp::parse(&invite.body)
@@ -374,14 +434,12 @@ impl CallState {
             }
         };
         self.ctx.media_owners.insert(endpoint.id, myself.clone());
-        let remote = std::net::SocketAddr::new(offer.connection, offer.port);
-        self.ctx.media.set_remote(
-            endpoint.id,
-            remote,
-            media_codec(negotiated.codec),
-            negotiated.payload_type,
-            negotiated.telephone_event_pt,
+        let target = MediaTarget::new(
+            std::net::SocketAddr::new(offer.connection, offer.port),
+            &negotiated,
         );
+        target.apply(&self.ctx.media, endpoint.id);
+        self.caller.media = Some(target);
         if negotiated.telephone_event_pt.is_none() {
             // No telephone-events from this caller: listen for key tones in its audio.
             self.ctx.media.detect_inband_dtmf(endpoint.id, true);
@@ -392,8 +450,8 @@ impl CallState {
         self.caller.sdp = sdp::build_answer(
             &offer,
             &sdp::LocalMedia {
-                session_id: rand::random::<u32>().into(),
-                version: 1,
+                session_id: self.caller.sdp_session,
+                version: self.caller.sdp_version,
                 addr: endpoint.local.ip(),
                 port: endpoint.local.port(),
                 codecs: &[(negotiated.payload_type, negotiated.codec)],
@@ -409,7 +467,7 @@ impl CallState {
             &contact,
             &self.caller.sdp,
         );
-        self.respond(self.caller.txn, early);
+        self.respond_to_invite(early);
         self.priority = did.priority;
         self.enqueue(myself, did.queue, unix_ms());
     }
@@ -513,7 +571,9 @@ impl CallState {
             peer,
             local,
             dialog: None,
+            sdp_session: u64::from(endpoint.local.port()),
             endpoint: Some(endpoint),
+            media: None,
             offered_ms: now,
         });
         self.phase = Phase::Offering;
@@ -608,7 +668,10 @@ impl CallState {
         }
     }
 
-    fn on_client_timeout(&mut self, branch: &str) {
+    fn on_client_timeout(&mut self, myself: &ActorRef<CallMsg>, branch: &str) {
+        if self.on_resume_failed(myself, branch) {
+            return;
+        }
         if self.phase == Phase::Offering && self.agent.as_ref().is_some_and(|a| a.branch == branch)
         {
             if let Some(mut leg) = self.agent.take() {
@@ -632,7 +695,10 @@ impl CallState {
         self.strays.retain(|s| s.branch != branch);
     }
 
-    fn on_response(&mut self, response: Response) {
+    fn on_response(&mut self, myself: &ActorRef<CallMsg>, response: Response) {
+        if self.on_resume_response(myself, &response) {
+            return;
+        }
         let Some(call_id) = response.call_id().map(str::to_owned) else {
             return;
         };
@@ -711,13 +777,12 @@ impl CallState {
         };
         match answer {
             Ok((answer, negotiated)) => {
-                self.ctx.media.set_remote(
-                    agent_ep.id,
+                let target = MediaTarget::new(
                     std::net::SocketAddr::new(answer.connection, answer.port),
-                    media_codec(negotiated.codec),
-                    negotiated.payload_type,
-                    negotiated.telephone_event_pt,
+                    &negotiated,
                 );
+                target.apply(&self.ctx.media, agent_ep.id);
+                leg.media = Some(target);
                 if let Err(e) = self.ctx.media.bridge(caller_ep.id, agent_ep.id) {
                     // Both legs are allocated on one worker; this is a bug if it happens.
                     tracing::error!(error = %e, "cannot bridge call legs");
@@ -745,7 +810,7 @@ impl CallState {
             &self.caller.local.contact_uri(),
             &self.caller.sdp,
         );
-        self.respond(self.caller.txn, ok);
+        self.respond_to_invite(ok);
         metrics::histogram!("call_setup_seconds").record(self.invited_at.elapsed().as_secs_f64());
         let now = unix_ms();
         self.record.answered_ms = Some(now);
@@ -789,6 +854,15 @@ impl CallState {
     }
 
     fn on_request(&mut self, myself: &ActorRef<CallMsg>, txn: TransactionId, request: Request) {
+        if self.adopt(&request, txn) {
+            return;
+        }
+        if self.phase == Phase::HandedOver {
+            // The standby answers for the call now; a request still sent here lost the race.
+            let response =
+                message::response(&request, StatusCode::CallTransactionDoesNotExist, None);
+            return self.respond(txn, response);
+        }
         let call_id = request.call_id().unwrap_or_default();
         let from_caller = call_id == self.record.caller_call_id;
         let from_agent = self
@@ -896,14 +970,21 @@ impl CallState {
                 .and_then(|o| sdp::negotiate(&o, &SUPPORTED_CODECS).map(|n| (o, n)));
             match parsed {
                 Ok((offer, negotiated)) => {
+                    let target = MediaTarget::new(
+                        std::net::SocketAddr::new(offer.connection, offer.port),
+                        &negotiated,
+                    );
                     if let Some((id, _)) = endpoint {
-                        self.ctx.media.set_remote(
-                            id,
-                            std::net::SocketAddr::new(offer.connection, offer.port),
-                            media_codec(negotiated.codec),
-                            negotiated.payload_type,
-                            negotiated.telephone_event_pt,
-                        );
+                        target.apply(&self.ctx.media, id);
+                    }
+                    match side {
+                        Side::Caller => self.caller.media = Some(target),
+                        Side::Agent => {
+                            if let Some(leg) = self.agent.as_mut() {
+                                leg.media = Some(target);
+                            }
+                        }
+                        Side::Supervisor => {}
                     }
                 }
                 Err(_) => {
@@ -949,7 +1030,7 @@ impl CallState {
                 self.finish(myself, HangupBy::Caller, Disposition::Abandoned);
             }
             Phase::Goodbye => self.finish(myself, HangupBy::Caller, Disposition::Overflowed),
-            Phase::Done => {}
+            Phase::HandedOver | Phase::Done => {}
         }
     }
 
@@ -1023,7 +1104,7 @@ impl CallState {
                 tracing::info!(call = %self.record.id, "supervisor RTP timeout; monitoring ends");
                 self.end_monitor(true);
             }
-            MediaEvent::RtpTimeout { .. } if self.phase == Phase::Connected => {
+            MediaEvent::RtpTimeout { .. } if self.phase == Phase::Connected && self.may_act() => {
                 tracing::info!(call = %self.record.id, "RTP timeout; hanging up");
                 self.hang_up_agent();
                 send_bye(&self.ctx, &mut self.caller.dialog, &self.caller.local, None);
@@ -1200,6 +1281,8 @@ impl CallState {
                 local,
                 dialog: None,
                 endpoint: None,
+                media: None,
+                sdp_session: 0,
                 offered_ms: 0,
             });
         }
@@ -1288,6 +1371,7 @@ impl CallState {
         r.talk_ms = r.answered_ms.map(|a| now.saturating_sub(a)).unwrap_or(0);
         metrics::counter!("calls_ended_total", "disposition" => disposition_label(disposition))
             .increment(1);
+        self.forget_replica();
         if let Err(e) = self.ctx.cdrs.submit(self.record.clone()) {
             tracing::error!(call = %self.record.id, error = %e, "call record not written");
         }
@@ -1316,6 +1400,7 @@ impl Phase {
             Phase::Offering => "offering",
             Phase::Connected => "connected",
             Phase::Goodbye => "goodbye",
+            Phase::HandedOver => "handed-over",
             Phase::Done => "done",
         }
     }
@@ -1419,9 +1504,14 @@ fn accepts_sdp(request: &Request) -> bool {
 
 /// Our SDP towards an agent's phone for media endpoint `endpoint`.
 fn agent_offer(endpoint: &Endpoint) -> String {
+    agent_sdp(endpoint, u64::from(endpoint.local.port()), 1)
+}
+
+/// Our SDP towards an agent's phone, as version `version` of session `session_id`.
+fn agent_sdp(endpoint: &Endpoint, session_id: u64, version: u64) -> String {
     sdp::build(&sdp::LocalMedia {
-        session_id: u64::from(endpoint.local.port()),
-        version: 1,
+        session_id,
+        version,
         addr: endpoint.local.ip(),
         port: endpoint.local.port(),
         codecs: &AGENT_OFFER_CODECS,

@@ -3,12 +3,16 @@
 //!
 //! - [`actor`]: the ractor actor, the B2BUA call flow.
 //! - [`legs`]: building the SIP requests and responses of both legs.
+//! - [`replica`]: the copy of a call its standby node keeps, and takes the call over from
+//!   (`crate::failover`).
 
 mod actor;
 mod legs;
+mod replica;
 
 pub use actor::{CallActor, CallArgs};
 pub use legs::Local;
+pub use replica::CallReplica;
 
 use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
@@ -91,6 +95,11 @@ pub enum CallMsg {
         reply: RpcReplyPort<Result<CallSnapshot, String>>,
     },
     Snapshot(RpcReplyPort<CallSnapshot>),
+    /// This node was declared failed while cut off and the call's standby owns it now: stop
+    /// without a word on SIP and without a record.
+    Relinquish,
+    /// This node is draining: give the call to its standby, keep relaying media meanwhile.
+    HandOver,
 }
 
 /// The [`CallMsg`]s a queue sends, which cross the mesh when the queue lives on another node.

@@ -8,7 +8,18 @@ use serde::{Deserialize, Serialize};
 use crate::acd::OfferOutcome;
 
 /// How a call ended, from the contact centre's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Disposition {
     /// An agent answered.
@@ -22,7 +33,18 @@ pub enum Disposition {
 }
 
 /// Which side ended the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum HangupBy {
     Caller,
@@ -32,7 +54,17 @@ pub enum HangupBy {
 }
 
 /// One offer of the call to an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct OfferRecord {
     pub agent: String,
     pub queue: String,
@@ -43,7 +75,17 @@ pub struct OfferRecord {
 }
 
 /// The record of one call. Times are Unix milliseconds; durations are milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct CallRecord {
     /// Switchyard's call id.
     pub id: String,
@@ -88,10 +130,68 @@ pub struct CallRecord {
     /// Supervisors who monitored the call.
     #[serde(default)]
     pub monitors: Vec<MonitorRecord>,
+    /// Set when the node holding the call failed (or drained) and this node took it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverRecord>,
+}
+
+/// A take-over of the call by its standby node.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct FailoverRecord {
+    /// Cluster id of the node that held the call before.
+    pub from_node: u64,
+    /// When this node took it over (Unix milliseconds).
+    pub at_ms: u64,
+    pub outcome: FailoverOutcome,
+    /// Recording files after the first, one per take-over (the first is `recording`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recording_segments: Vec<String>,
+}
+
+/// How a take-over went.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverOutcome {
+    /// The call went on from this node.
+    Resumed,
+    /// A leg refused (or never answered) the re-INVITE: the call was ended on both legs.
+    Dropped,
 }
 
 /// RTP statistics of one leg (RFC 3550 reception statistics and RTCP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct RtpStats {
     pub packets_received: u64,
     /// Expected minus received.
@@ -106,7 +206,17 @@ pub struct RtpStats {
 }
 
 /// A supervisor's monitoring of the call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct MonitorRecord {
     pub supervisor: String,
     /// The mode it started in (`listen`, `whisper` or `barge`).

@@ -241,11 +241,18 @@ impl Hosting {
                 let spec: AgentSpec = document(view, key)?;
                 let policies =
                     agent::policies(&spec, |name| document(view, &ActorKey::queue(name)).ok());
+                let restored = self
+                    .ctx
+                    .failover
+                    .as_ref()
+                    .and_then(|f| f.take_agent(&spec.extension));
                 let args = AgentArgs {
                     spec,
                     policies,
                     queues: self.ctx.queues.clone(),
                     fence,
+                    restored,
+                    failover: self.ctx.failover.clone(),
                 };
                 Actor::Agent(agent::spawn_agent(args).await?)
             }

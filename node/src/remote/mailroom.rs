@@ -20,6 +20,7 @@ use super::wire::{self, Answer, Ask, Envelope, MAX_HOPS, Reply, Tell};
 use super::{CallAddr, Hosted, KIND_ACTOR, KIND_ACTOR_REQUEST};
 use crate::acd::{AgentAsk, AgentMsg, OfferOutcome, QueueAsk, QueueMsg};
 use crate::call::{CallMsg, WireCallMsg};
+use crate::failover::{Failover, KIND_REPLICA};
 use crate::registrar::Registrar;
 use crate::time::unix_ms;
 
@@ -80,6 +81,8 @@ pub struct Mailroom {
     /// Every queue (local or proxy), to answer offers for calls that have ended.
     pub queues: Directory<String, QueueMsg>,
     pub registrar: Arc<Mutex<Registrar>>,
+    /// Keeps call and agent copies (clustered nodes only).
+    pub failover: Option<Failover>,
 }
 
 impl Mailroom {
@@ -93,6 +96,15 @@ impl Mailroom {
                     kind: KIND_ACTOR,
                     payload,
                 } => self.on_tell(from, &payload),
+                Incoming::Message {
+                    from,
+                    kind: KIND_REPLICA,
+                    payload,
+                } => {
+                    if let Some(failover) = &self.failover {
+                        failover.receive(from, &payload);
+                    }
+                }
                 Incoming::Request {
                     from,
                     kind: KIND_ACTOR_REQUEST,

@@ -86,6 +86,7 @@ async fn nodes(n: u64) -> (tempfile::TempDir, Vec<TestNode>) {
                 HashMap::new(),
                 [7; 32],
             ))),
+            failover: None,
         };
         tokio::spawn(mailroom.run(incoming));
         nodes.push(node);
@@ -111,6 +112,8 @@ async fn host_agent(node: &TestNode) -> ActorRef<AgentMsg> {
         policies: HashMap::new(),
         queues: Directory::default(),
         fence: Fence::open(),
+        restored: None,
+        failover: None,
     };
     let agent = spawn_agent(args).await.unwrap();
     node.hosted.agents.insert(AGENT.into(), agent.clone());

@@ -14,7 +14,9 @@ use std::time::Instant;
 use ractor::{Actor, ActorRef};
 use switchyard_sip::headers::MessageExt;
 use switchyard_sip::message;
-use switchyard_sip::rsip::{self, Header, Method, Request, Response, StatusCode, prelude::*};
+use switchyard_sip::rsip::{
+    self, Header, Method, Request, Response, SipMessage, StatusCode, prelude::*,
+};
 use switchyard_sip::transaction::{Peer, TransactionId, TransactionLayer, TuEvent};
 use tokio::sync::mpsc;
 
@@ -54,6 +56,17 @@ pub enum Command {
     },
     /// Stop routing this SIP Call-ID (the call is over).
     Release { sip_call_id: String },
+    /// Take over the server transaction of an INVITE another node received (its copy came
+    /// with a call taken over): it is handled as if it had arrived here from `from`, and the
+    /// owner gets it as a `SipRequest` carrying the new transaction, to answer later.
+    Adopt {
+        invite: Request,
+        from: Peer,
+        owner: ActorRef<CallMsg>,
+    },
+    /// Send a request once, outside any transaction (the CANCEL of another node's INVITE,
+    /// whose responses go to that node's Via).
+    SendStateless { request: Request, to: Peer },
 }
 
 enum Input {
@@ -228,6 +241,21 @@ impl Endpoint {
             Command::Claim { sip_call_id, owner } => {
                 self.calls.insert(sip_call_id, CallRoute::new(owner));
             }
+            Command::Adopt {
+                invite,
+                from,
+                owner,
+            } => {
+                if let Some(call_id) = invite.call_id() {
+                    self.calls.insert(call_id.to_owned(), CallRoute::new(owner));
+                }
+                self.layer
+                    .handle_message(now, SipMessage::Request(invite), from);
+            }
+            Command::SendStateless { request, to } => {
+                let bytes = message::to_bytes(&SipMessage::Request(request));
+                self.layer.send_stateless(bytes.into(), to);
+            }
             Command::Release { sip_call_id } => {
                 if let Some(route) = self.calls.remove(&sip_call_id) {
                     for txn in route.server_txns {
@@ -399,9 +427,9 @@ impl Endpoint {
             return;
         };
         let refusal = message::response(&request, StatusCode::ServerInternalError, None);
-        let args = CallArgs {
+        let args = CallArgs::Invite {
             ctx: Arc::clone(&self.ctx),
-            invite: request,
+            invite: Box::new(request),
             txn,
             from,
         };

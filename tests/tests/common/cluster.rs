@@ -58,7 +58,7 @@ pub struct MemberInfo {
     pub cluster_addr: String,
     pub sip_addr: String,
     pub http_addr: String,
-    /// `Active`, `Draining` or `Removed`.
+    /// `Active`, `Draining`, `Failed` or `Removed`.
     pub status: String,
     pub voter: bool,
     /// `up`, `down` or `unknown` (only the leader knows every member's).

@@ -960,6 +960,9 @@ pub struct Cdr {
     pub recording: Option<String>,
     #[serde(default)]
     pub seq: Option<u64>,
+    /// `{"from_node", "at_ms", "outcome"}` on a call another node took over (failover).
+    #[serde(default)]
+    pub failover: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

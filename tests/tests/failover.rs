@@ -1,0 +1,810 @@
+//! Calls survive the loss of the node that holds them: a three-node cluster, callers dialling
+//! node A, agent phones registered at node B; then A is killed with `kill -9` (or cut off
+//! from the cluster by a partition of its QUIC port only) while calls talk, wait in the queue
+//! or ring. The standby that holds each call's replica takes it over: re-INVITEs both legs of
+//! a talking call, answers a queued caller's original INVITE itself, cancels a ringing offer;
+//! every caller then finishes its call normally against the standby.
+//!
+//! The SIPp scenarios `caller_failover.xml` and `agent_failover.xml` follow the remote target
+//! (Contact) and answer requests at their Via, as a phone does, so they notice a dead node.
+//!
+//! The tests of this file run one at a time: each runs three nodes and up to 45 SIPp calls,
+//! and the failure detector's 1-1.5 s must not fire on a node that is merely starved of CPU
+//! on a 2-core machine.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::cluster::{Cluster, ClusterOptions, Partition, poll};
+use common::{Cdr, Node, NodeConfig, SippProcess, assert_no_agent_overlap, http};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Calls connected to an agent when node A fails.
+const TALKERS: u32 = 20;
+/// Callers waiting in the queue when node A fails (every agent is talking).
+const QUEUED: u32 = 5;
+/// Agents 2001..: one per talking call.
+const AGENTS: u32 = 20;
+/// The agent phones' ringing time before they answer.
+const ANSWER_MS: u64 = 300;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One test of this file at a time (see the module comment).
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster and who plays which part
+
+/// Node ids: `a` holds the calls and fails (never the leader, so the failure needs no
+/// election), `b` holds the agents' registrations, `c` is the third.
+#[derive(Debug, Clone, Copy)]
+struct Roles {
+    a: u64,
+    b: u64,
+    c: u64,
+}
+
+impl Roles {
+    fn survivors(&self) -> [u64; 2] {
+        [self.b, self.c]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+struct Placement {
+    node: u64,
+    epoch: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct PlacementJson {
+    actors: BTreeMap<String, Placement>,
+}
+
+/// `GET path` on node `id`, as JSON, if it answers 200.
+fn get_json(cluster: &Cluster, id: u64, path: &str) -> Result<Value, String> {
+    let resp = http::get(cluster.http(id), path, Duration::from_secs(3))
+        .map_err(|e| format!("node {id}: GET {path}: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!(
+            "node {id}: GET {path}: HTTP {} {}",
+            resp.status,
+            resp.text()
+        ));
+    }
+    serde_json::from_slice(&resp.body).map_err(|e| format!("node {id}: GET {path}: {e}"))
+}
+
+fn placement(cluster: &Cluster, id: u64) -> Result<BTreeMap<String, Placement>, String> {
+    let json = get_json(cluster, id, "/v1/cluster/placement")?;
+    let placed: PlacementJson =
+        serde_json::from_value(json).map_err(|e| format!("node {id}: placement: {e}"))?;
+    Ok(placed.actors)
+}
+
+/// Starts a three-node cluster with agents 2001..2000+`agents`, waits until a leader is
+/// elected and every node agrees on the placement, and chooses the roles: A is not the
+/// leader and, if possible, not the queue's home either (so that only calls move with it).
+fn start(name: &str, agents: u32) -> (Cluster, Roles) {
+    let mut options = ClusterOptions::new(3);
+    options.node.agents = format!("2001-{}", 2000 + agents);
+    options.node.rtp_ports = 400;
+    let mut cluster = Cluster::with(name, options);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).node_id;
+    let actors = cluster.options.actors();
+    let placed = poll(Duration::from_secs(20), "placement agreed", || {
+        let first = placement(&cluster, 1)?;
+        if first.len() != actors {
+            return Err(format!("{} of {actors} actors placed", first.len()));
+        }
+        for id in [2, 3] {
+            if placement(&cluster, id)? != first {
+                return Err(format!("node {id} disagrees with node 1"));
+            }
+        }
+        Ok(first)
+    });
+    let queue_home = placed["queue/support"].node;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
+    let a = followers
+        .iter()
+        .copied()
+        .find(|&n| n != queue_home)
+        .unwrap_or(followers[0]);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != a).collect();
+    let roles = Roles {
+        a,
+        b: others[0],
+        c: others[1],
+    };
+    let agents_on_a = placed
+        .iter()
+        .filter(|(k, p)| k.starts_with("agent/") && p.node == a)
+        .count();
+    eprintln!(
+        "[test] leader node {leader}; queue on node {queue_home}; calls go to node A = {a} \
+         (home of {agents_on_a} agents), which will fail; phones register at node B = {}; \
+         node C = {}",
+        roles.b, roles.c
+    );
+    (cluster, roles)
+}
+
+/// An agent phone (one SIPp for every agent) at node `id`, answering after `answer_ms`, for
+/// `calls` calls in all; registers `extensions` with it and waits until node `seen_from`
+/// sees each of them available.
+fn phones(
+    cluster: &Cluster,
+    id: u64,
+    seen_from: u64,
+    extensions: &[String],
+    calls: u32,
+    answer_ms: u64,
+) -> SippProcess {
+    let node = cluster.node(id);
+    let phone = node
+        .sipp("agents", "agent_failover.xml")
+        .server()
+        .calls(calls)
+        .set("answer_ms", &answer_ms.to_string())
+        .timeout_secs(150)
+        .spawn();
+    node.register_agents(extensions, phone.local_port);
+    for ext in extensions {
+        poll(
+            Duration::from_secs(20),
+            &format!("agent {ext} available as node {seen_from} sees it"),
+            || {
+                let agent = get_json(cluster, seen_from, &format!("/v1/agents/{ext}"))?;
+                if agent["status"] == "available" {
+                    Ok(())
+                } else {
+                    Err(agent.to_string())
+                }
+            },
+        );
+    }
+    phone
+}
+
+/// How the callers of one SIPp run behave (see `caller_failover.xml`).
+struct CallerPlan {
+    calls: u32,
+    /// Calls started per second.
+    rate: f64,
+    /// How long after its ACK a call waits for a re-INVITE.
+    wait_ms: u64,
+    /// Whether a call without a re-INVITE within `wait_ms` fails.
+    expect_reinvite: bool,
+    /// Talk time after the re-INVITE (or after `wait_ms`)...
+    talk_ms: u64,
+    /// ... plus this much times the call's number, so that the calls end one after another.
+    talk_step_ms: u64,
+}
+
+/// SIPp callers dialling node `node`; returns the run and the SIP Call-IDs of its calls
+/// (`N-PID@127.0.0.1`, as SIPp makes them), in the order they start.
+fn callers(node: &Node, label: &str, plan: &CallerPlan) -> (SippProcess, Vec<String>) {
+    let run = node
+        .sipp(label, "caller_failover.xml")
+        .calls(plan.calls)
+        .rate(plan.rate)
+        .limit(plan.calls)
+        .set("wait_ms", &plan.wait_ms.to_string())
+        .set(
+            "expect_reinvite",
+            if plan.expect_reinvite { "1" } else { "0" },
+        )
+        .set("talk_ms", &plan.talk_ms.to_string())
+        .set("talk_step_ms", &plan.talk_step_ms.to_string())
+        .timeout_secs(90)
+        .spawn();
+    let pid = run.pid();
+    let ids = (1..=plan.calls)
+        .map(|n| format!("{n}-{pid}@127.0.0.1"))
+        .collect();
+    (run, ids)
+}
+
+/// `GET /v1/calls` on node `id`: the number of calls in each state.
+fn call_states(cluster: &Cluster, id: u64) -> Result<BTreeMap<String, usize>, String> {
+    let calls = get_json(cluster, id, "/v1/calls")?;
+    let calls = calls
+        .as_array()
+        .ok_or_else(|| format!("node {id}: /v1/calls is not an array: {calls}"))?;
+    let mut states = BTreeMap::new();
+    for call in calls {
+        let state = call["state"].as_str().unwrap_or("?").to_owned();
+        *states.entry(state).or_default() += 1;
+    }
+    Ok(states)
+}
+
+/// Waits until node `id` holds exactly the calls `want` (state -> count), and nothing else.
+fn wait_call_states(cluster: &Cluster, id: u64, want: &[(&str, usize)]) {
+    let want: BTreeMap<String, usize> = want
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| ((*s).to_owned(), *n))
+        .collect();
+    poll(
+        Duration::from_secs(30),
+        &format!("node {id} holds calls {want:?}"),
+        || {
+            let states = call_states(cluster, id)?;
+            if states == want {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        },
+    );
+}
+
+/// Waits until `GET /v1/queues/support` on node `id` counts `n` waiting callers.
+fn wait_queue_waiting(cluster: &Cluster, id: u64, n: u64) {
+    poll(
+        Duration::from_secs(20),
+        &format!("{n} callers waiting in queue support as node {id} sees it"),
+        || {
+            let queue = get_json(cluster, id, "/v1/queues/support")?;
+            if queue["waiting"].as_u64() == Some(n) {
+                Ok(())
+            } else {
+                Err(queue.to_string())
+            }
+        },
+    );
+}
+
+/// Waits until a node of `observers` reports member `failed` as failed in
+/// `/v1/cluster/status`; returns how long that took from `since`.
+fn wait_declared_failed(cluster: &Cluster, observers: &[u64], failed: u64, since: Instant) {
+    let what = format!("node {failed} declared failed by one of nodes {observers:?}");
+    poll(Duration::from_secs(20), &what, || {
+        let mut seen = Vec::new();
+        for &id in observers {
+            let status = match cluster.try_status(id) {
+                Ok(s) => s,
+                Err(e) => {
+                    seen.push(e);
+                    continue;
+                }
+            };
+            let Some(m) = status.member(failed) else {
+                seen.push(format!("node {id}: no member {failed}"));
+                continue;
+            };
+            if m.status_is("failed") || m.health.eq_ignore_ascii_case("failed") {
+                return Ok(());
+            }
+            seen.push(format!(
+                "node {id} sees node {failed} {} / health {}",
+                m.status, m.health
+            ));
+        }
+        Err(seen.join("; "))
+    });
+    eprintln!(
+        "[test] node {failed} declared failed {:?} after it failed",
+        since.elapsed()
+    );
+}
+
+/// Waits until node `a` is back as an active member in good standing: the others' leader
+/// sees it `active` and `up`, and it follows that leader with a valid lease.
+fn wait_rejoined(cluster: &Cluster, roles: &Roles) {
+    poll(
+        Duration::from_secs(30),
+        &format!("node {} active again", roles.a),
+        || {
+            let leader = cluster.try_status(roles.b)?.leader.ok_or("no leader")?;
+            let view = cluster.try_status(leader)?;
+            let m = view
+                .member(roles.a)
+                .ok_or_else(|| format!("node {} is not a member", roles.a))?;
+            if !m.status_is("active") || m.health != "up" {
+                return Err(format!("leader {leader} sees {m:?}"));
+            }
+            let own = cluster.try_status(roles.a)?;
+            if own.leader != Some(leader) || !own.lease_valid {
+                return Err(own.brief());
+            }
+            Ok(())
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+/// `failover` of a record: (from_node, at_ms, outcome).
+fn failover_of(cdr: &Cdr) -> Option<(Value, u64, String)> {
+    let f = cdr.failover.as_ref()?;
+    Some((
+        f["from_node"].clone(),
+        f["at_ms"].as_u64().unwrap_or(0),
+        f["outcome"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+/// Whether `from_node` names node `id` (by cluster id, as a number or a string).
+fn names_node(from_node: &Value, id: u64) -> bool {
+    from_node.as_u64() == Some(id) || from_node.as_str() == Some(id.to_string().as_str())
+}
+
+fn outcome(cdr: &Cdr) -> Option<String> {
+    failover_of(cdr).map(|(_, _, o)| o)
+}
+
+/// Every record on nodes `ids`, with the node that served it.
+fn records_on(cluster: &Cluster, ids: &[u64]) -> Vec<(u64, Cdr)> {
+    ids.iter()
+        .flat_map(|&id| cluster.node(id).cdrs().into_iter().map(move |c| (id, c)))
+        .collect()
+}
+
+/// Waits until nodes `ids` hold a record for each of `call_ids` (by caller Call-ID); returns
+/// them grouped by caller Call-ID.
+fn wait_records(
+    cluster: &Cluster,
+    ids: &[u64],
+    call_ids: &[String],
+) -> BTreeMap<String, Vec<(u64, Cdr)>> {
+    poll(
+        Duration::from_secs(20),
+        &format!("records of {} calls on nodes {ids:?}", call_ids.len()),
+        || {
+            let by_call = group(records_on(cluster, ids));
+            let missing: Vec<&String> = call_ids
+                .iter()
+                .filter(|id| !by_call.contains_key(*id))
+                .collect();
+            if missing.is_empty() {
+                Ok(by_call)
+            } else {
+                Err(format!("no record yet for {missing:?}"))
+            }
+        },
+    )
+}
+
+fn group(records: Vec<(u64, Cdr)>) -> BTreeMap<String, Vec<(u64, Cdr)>> {
+    let mut by_call: BTreeMap<String, Vec<(u64, Cdr)>> = BTreeMap::new();
+    for (node, cdr) in records {
+        by_call
+            .entry(cdr.caller_call_id.clone())
+            .or_default()
+            .push((node, cdr));
+    }
+    by_call
+}
+
+/// The one record of each of `call_ids` among `by_call`: complete, answered, hung up by the
+/// caller, taken over from node `from` and resumed.
+fn resumed_records(
+    by_call: &BTreeMap<String, Vec<(u64, Cdr)>>,
+    call_ids: &[String],
+    from: u64,
+) -> Vec<Cdr> {
+    call_ids
+        .iter()
+        .map(|id| {
+            let records = &by_call[id];
+            assert_eq!(
+                records.len(),
+                1,
+                "call {id}: one record expected on the survivors: {records:#?}"
+            );
+            let (node, cdr) = &records[0];
+            cdr.check_invariants();
+            assert_eq!(cdr.disposition, "answered", "node {node}: {cdr:#?}");
+            assert_eq!(cdr.hangup_by, "caller", "node {node}: {cdr:#?}");
+            let (from_node, at_ms, outcome) = failover_of(cdr)
+                .unwrap_or_else(|| panic!("node {node}: no `failover` in {cdr:#?}"));
+            assert_eq!(outcome, "resumed", "node {node}: {cdr:#?}");
+            assert!(
+                names_node(&from_node, from),
+                "failover.from_node should be {from}: node {node}: {cdr:#?}"
+            );
+            assert!(
+                at_ms >= cdr.arrived_ms && at_ms <= cdr.ended_ms,
+                "failover.at_ms outside the call: node {node}: {cdr:#?}"
+            );
+            cdr.clone()
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Talking and queued calls through a failure of their node
+
+enum Failure {
+    Kill9,
+    Partition,
+}
+
+/// What [`talking_and_queued`] leaves for the test's own checks.
+struct Run {
+    cluster: Cluster,
+    roles: Roles,
+    /// Caller Call-IDs of the calls that talked when A failed, and of those that waited.
+    talkers: Vec<String>,
+    queued: Vec<String>,
+    /// The partition, while it lasts.
+    partition: Option<Partition>,
+}
+
+/// `TALKERS` calls connected and `QUEUED` waiting on node A when it fails; every call must
+/// finish normally through the standby, the queued ones answered in their arrival order.
+fn talking_and_queued(name: &str, failure: Failure) -> Run {
+    let (mut cluster, roles) = start(name, AGENTS);
+    let Roles { a, b, .. } = roles;
+    let phone = phones(
+        &cluster,
+        b,
+        a,
+        &Node::extensions(2001, AGENTS),
+        TALKERS + QUEUED,
+        ANSWER_MS,
+    );
+
+    // The talking calls wait up to 30 s for the take-over's re-INVITE (failing without one),
+    // then end 1.5 s + n * 0.5 s after it: one agent frees up every half second, so the
+    // queued callers are answered one at a time.
+    let (talkers, talker_ids) = callers(
+        cluster.node(a),
+        "talkers",
+        &CallerPlan {
+            calls: TALKERS,
+            rate: 10.0,
+            wait_ms: 30_000,
+            expect_reinvite: true,
+            talk_ms: 1500,
+            talk_step_ms: 500,
+        },
+    );
+    wait_call_states(&cluster, a, &[("connected", TALKERS as usize)]);
+    // Every agent is talking: these wait, arriving half a second apart.
+    let (queued, queued_ids) = callers(
+        cluster.node(a),
+        "queued",
+        &CallerPlan {
+            calls: QUEUED,
+            rate: 2.0,
+            wait_ms: 1000,
+            expect_reinvite: false,
+            talk_ms: 1000,
+            talk_step_ms: 0,
+        },
+    );
+    wait_call_states(
+        &cluster,
+        a,
+        &[("connected", TALKERS as usize), ("queued", QUEUED as usize)],
+    );
+    wait_queue_waiting(&cluster, a, u64::from(QUEUED));
+    // Let the last replication reach the standby.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let failed_at = Instant::now();
+    let failed_at_ms = epoch_ms();
+    let partition = match failure {
+        Failure::Kill9 => {
+            eprintln!("[test] kill -9 node {a}");
+            cluster.kill9(a);
+            None
+        }
+        Failure::Partition => {
+            eprintln!("[test] cutting node {a}'s cluster port off");
+            Some(cluster.partition(&[a], &roles.survivors()))
+        }
+    };
+    wait_declared_failed(&cluster, &roles.survivors(), a, failed_at);
+
+    let report_node = cluster.node(b);
+    talkers.expect_success_with(report_node);
+    queued.expect_success_with(report_node);
+    phone.expect_success_with(report_node);
+    eprintln!(
+        "[test] every caller finished {:?} after node {a} failed",
+        failed_at.elapsed()
+    );
+
+    let all_ids: Vec<String> = talker_ids.iter().chain(&queued_ids).cloned().collect();
+    let by_call = wait_records(&cluster, &roles.survivors(), &all_ids);
+    let talking = resumed_records(&by_call, &talker_ids, a);
+    let waiting = resumed_records(&by_call, &queued_ids, a);
+
+    for cdr in &talking {
+        assert!(
+            cdr.answered_ms.is_some_and(|t| t < failed_at_ms),
+            "a talking call was answered before node {a} failed: {cdr:#?}"
+        );
+    }
+    let agents: BTreeSet<&str> = talking.iter().filter_map(|c| c.agent.as_deref()).collect();
+    assert_eq!(
+        agents.len(),
+        TALKERS as usize,
+        "each talking call had its own agent: {agents:?}"
+    );
+
+    // The queued callers, answered after the failure, in the order they arrived.
+    let mut waiting = waiting;
+    waiting.sort_by_key(|c| c.arrived_ms);
+    for c in &waiting {
+        eprintln!(
+            "[test] queued caller {}: arrived {} queued {:?} answered {:?} by {:?}, failover {:?}",
+            c.caller_call_id, c.arrived_ms, c.queued_ms, c.answered_ms, c.agent, c.failover
+        );
+        assert!(
+            c.answered_ms.is_some_and(|t| t > failed_at_ms),
+            "a queued caller was answered only after node {a} failed: {c:#?}"
+        );
+    }
+    let arrival: Vec<&str> = waiting.iter().map(|c| c.caller_call_id.as_str()).collect();
+    assert_eq!(
+        arrival,
+        queued_ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "the queued callers arrived in the order SIPp started them"
+    );
+    for pair in waiting.windows(2) {
+        assert!(
+            pair[0].answered_ms <= pair[1].answered_ms,
+            "queued callers answered out of their arrival order:\n{:#?}\n{:#?}",
+            pair[0],
+            pair[1]
+        );
+    }
+
+    let all: Vec<Cdr> = talking.into_iter().chain(waiting).collect();
+    assert_no_agent_overlap(&all);
+
+    Run {
+        cluster,
+        roles,
+        talkers: talker_ids,
+        queued: queued_ids,
+        partition,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// The failover scenarios complete an ordinary call on a standalone node: no re-INVITE, ACK
+/// and BYE to the node that answered.
+#[test]
+fn failover_scenarios_complete_calls_without_a_failure() {
+    let _serial = serial();
+    let node = Node::start("failover-plain", NodeConfig::default());
+    let phone = node
+        .sipp("agents", "agent_failover.xml")
+        .server()
+        .calls(2)
+        .set("answer_ms", "200")
+        .timeout_secs(60)
+        .spawn();
+    node.register_agents(&Node::extensions(2001, 2), phone.local_port);
+    let (run, ids) = callers(
+        &node,
+        "callers",
+        &CallerPlan {
+            calls: 2,
+            rate: 10.0,
+            wait_ms: 1000,
+            expect_reinvite: false,
+            talk_ms: 500,
+            talk_step_ms: 100,
+        },
+    );
+    run.expect_success_with(&node);
+    phone.expect_success_with(&node);
+    let cdrs = node.wait_cdrs(2, Duration::from_secs(10));
+    assert_eq!(
+        cdrs.iter()
+            .map(|c| c.caller_call_id.clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    for cdr in &cdrs {
+        cdr.check_invariants();
+        assert_eq!(cdr.disposition, "answered", "{cdr:#?}");
+        assert_eq!(cdr.hangup_by, "caller", "{cdr:#?}");
+        assert!(cdr.failover.is_none(), "no failover happened: {cdr:#?}");
+    }
+    assert_no_agent_overlap(&cdrs);
+}
+
+#[test]
+fn talking_and_queued_calls_survive_kill_9_of_their_node() {
+    let _serial = serial();
+    let run = talking_and_queued("failover-kill", Failure::Kill9);
+    eprintln!(
+        "[test] {} talking and {} queued calls resumed after node {} was killed",
+        run.talkers.len(),
+        run.queued.len(),
+        run.roles.a
+    );
+}
+
+#[test]
+fn calls_survive_a_partition_of_their_node() {
+    let _serial = serial();
+    let mut run = talking_and_queued("failover-cut", Failure::Partition);
+    let Roles { a, .. } = run.roles;
+    // Heal: node A comes back into the cluster and must not resume the calls it held.
+    drop(run.partition.take());
+    wait_rejoined(&run.cluster, &run.roles);
+    poll(
+        Duration::from_secs(20),
+        &format!("node {a} holds no calls"),
+        || {
+            let states = call_states(&run.cluster, a)?;
+            if states.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        },
+    );
+    // ... and stays so.
+    std::thread::sleep(Duration::from_secs(2));
+    let states = call_states(&run.cluster, a).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        states.is_empty(),
+        "node {a} picked calls up again: {states:?}"
+    );
+
+    // One live record per call across the whole cluster: node A may only have recorded a
+    // call as dropped.
+    let ids: Vec<String> = run.talkers.iter().chain(&run.queued).cloned().collect();
+    let by_call = group(records_on(&run.cluster, &[1, 2, 3]));
+    for id in &ids {
+        let records = by_call.get(id).map(Vec::as_slice).unwrap_or_default();
+        let live: Vec<&(u64, Cdr)> = records
+            .iter()
+            .filter(|(_, c)| outcome(c).as_deref() != Some("dropped"))
+            .collect();
+        assert_eq!(
+            live.len(),
+            1,
+            "call {id}: exactly one record that is not `dropped` expected: {records:#?}"
+        );
+        assert_ne!(
+            live[0].0, a,
+            "call {id}: node {a} kept the call: {records:#?}"
+        );
+    }
+    eprintln!(
+        "[test] node {a} rejoined without resuming; records on node {a}: {}",
+        run.cluster.node(a).cdrs().len()
+    );
+}
+
+#[test]
+fn a_node_that_returns_does_not_resume_its_calls() {
+    const CALLS: u32 = 5;
+    let _serial = serial();
+    let (mut cluster, roles) = start("failover-return", CALLS);
+    let Roles { a, b, .. } = roles;
+    let phone = phones(
+        &cluster,
+        b,
+        a,
+        &Node::extensions(2001, CALLS),
+        CALLS,
+        ANSWER_MS,
+    );
+    let (talkers, ids) = callers(
+        cluster.node(a),
+        "talkers",
+        &CallerPlan {
+            calls: CALLS,
+            rate: 10.0,
+            wait_ms: 30_000,
+            expect_reinvite: true,
+            talk_ms: 2000,
+            talk_step_ms: 0,
+        },
+    );
+    wait_call_states(&cluster, a, &[("connected", CALLS as usize)]);
+    std::thread::sleep(Duration::from_secs(1));
+    let failed_at = Instant::now();
+    eprintln!("[test] kill -9 node {a}");
+    cluster.kill9(a);
+    wait_declared_failed(&cluster, &roles.survivors(), a, failed_at);
+    talkers.expect_success_with(cluster.node(b));
+    phone.expect_success_with(cluster.node(b));
+    let by_call = wait_records(&cluster, &roles.survivors(), &ids);
+    resumed_records(&by_call, &ids, a);
+
+    eprintln!("[test] restarting node {a}");
+    cluster.restart(a);
+    wait_rejoined(&cluster, &roles);
+    // Give a resurrected call actor time to show itself.
+    std::thread::sleep(Duration::from_secs(3));
+    let states = call_states(&cluster, a).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        states.is_empty(),
+        "node {a} holds calls after its return: {states:?}"
+    );
+    let records = cluster.node(a).cdrs();
+    let theirs: Vec<&Cdr> = records
+        .iter()
+        .filter(|c| ids.contains(&c.caller_call_id))
+        .collect();
+    assert!(
+        theirs.is_empty(),
+        "node {a} recorded calls the standby took over: {theirs:#?}"
+    );
+}
+
+/// An offer ringing when its node dies is cancelled by the standby, and its caller keeps the
+/// head of the queue: the agent answers it before the caller who arrived after it.
+#[test]
+fn a_ringing_offer_is_cancelled_and_its_caller_keeps_its_place() {
+    // Long enough for detection and the CANCEL to come first on a slow machine.
+    const RING_MS: u64 = 8000;
+    let _serial = serial();
+    let (mut cluster, roles) = start("failover-ring", 1);
+    let Roles { a, b, .. } = roles;
+    // One agent; its phone rings RING_MS each time: the cancelled offer, then both callers.
+    let phone = phones(&cluster, b, a, &Node::extensions(2001, 1), 3, RING_MS);
+    let phone_dir = phone.dir.clone();
+    let plan = CallerPlan {
+        calls: 1,
+        rate: 1.0,
+        wait_ms: 1000,
+        expect_reinvite: false,
+        talk_ms: 1000,
+        talk_step_ms: 0,
+    };
+    let (first, first_ids) = callers(cluster.node(a), "first", &plan);
+    wait_call_states(&cluster, a, &[("offering", 1)]);
+    let (second, second_ids) = callers(cluster.node(a), "second", &plan);
+    wait_call_states(&cluster, a, &[("offering", 1), ("queued", 1)]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let failed_at = Instant::now();
+    eprintln!("[test] kill -9 node {a} while agent 2001 rings");
+    cluster.kill9(a);
+    wait_declared_failed(&cluster, &roles.survivors(), a, failed_at);
+    first.expect_success_with(cluster.node(b));
+    second.expect_success_with(cluster.node(b));
+    phone.expect_success_with(cluster.node(b));
+    let messages = std::fs::read_to_string(phone_dir.join("messages.log")).unwrap_or_default();
+    assert!(
+        messages.contains("CANCEL sip:"),
+        "the standby cancelled the ringing offer (phone's messages in {})",
+        phone_dir.display()
+    );
+
+    let ids: Vec<String> = first_ids.iter().chain(&second_ids).cloned().collect();
+    let by_call = wait_records(&cluster, &roles.survivors(), &ids);
+    let records = resumed_records(&by_call, &ids, a);
+    let (one, two) = (&records[0], &records[1]);
+    assert!(
+        one.offers.len() >= 2 && one.offers[0].outcome != "answered",
+        "the first caller's ringing offer was cancelled and made again: {one:#?}"
+    );
+    assert!(
+        one.answered_ms < two.answered_ms,
+        "the first caller kept its place at the head of the queue:\n{one:#?}\n{two:#?}"
+    );
+    assert_no_agent_overlap(&records);
+}
