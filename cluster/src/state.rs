@@ -448,20 +448,26 @@ impl ClusterState {
         placement::home(&candidates, key, self.affinity.get(key).map(String::as_str))
     }
 
-    /// A standby node for call `call_id` owned by `owner`: a rendezvous pick among the active
-    /// members other than `owner`, preferring members of `owner`'s site when any is active.
-    /// Deterministic; `None` when no other member is active.
-    pub fn call_standby(&self, owner: NodeId, call_id: &str) -> Option<NodeId> {
+    /// The standby nodes for call `call_id` owned by `owner`, in take-over order: a rendezvous
+    /// pick among the active members of `owner`'s site (a node loss is then taken over locally),
+    /// then one among the active members of the other sites (so a site loss is survived too).
+    /// One entry when every other active member is on one side; none when no other member is
+    /// active. Deterministic.
+    pub fn call_standbys(&self, owner: NodeId, call_id: &str) -> Vec<NodeId> {
         let owner_site = self.members.get(&owner).map(|m| m.site.as_str());
-        let candidates: Vec<Candidate<'_>> = self
-            .active_members()
-            .filter(|m| m.id != owner)
-            .map(|m| Candidate {
-                id: m.id,
-                site: &m.site,
-            })
-            .collect();
-        placement::standby(&candidates, call_id, owner_site)
+        let candidates = |same_site: bool| -> Vec<Candidate<'_>> {
+            self.active_members()
+                .filter(|m| m.id != owner && (Some(m.site.as_str()) == owner_site) == same_site)
+                .map(|m| Candidate {
+                    id: m.id,
+                    site: &m.site,
+                })
+                .collect()
+        };
+        [true, false]
+            .into_iter()
+            .filter_map(|same_site| placement::standby(&candidates(same_site), call_id, None))
+            .collect()
     }
 
     fn put_config(&mut self, key: &str, value: &[u8], site: Option<&str>) -> ApplyResult {
@@ -911,32 +917,35 @@ mod tests {
     }
 
     #[test]
-    fn call_standby_prefers_the_owners_site() {
+    fn call_standbys_are_one_on_the_owners_site_and_one_elsewhere() {
         let mut s = three_nodes_with_queues(0);
         s.apply(10, &Command::AddMember(member(4, "dc2"))).unwrap();
         s.apply(11, &Command::AddMember(member(5, "dc2"))).unwrap();
         let calls: Vec<String> = (0..200).map(|i| format!("{i}@pbx")).collect();
         let mut seen = BTreeMap::new();
         for call in &calls {
-            let standby = s.call_standby(1, call).unwrap_or(0);
-            assert!(matches!(standby, 2 | 3), "{call}: {standby}");
-            assert_eq!(s.call_standby(1, call), Some(standby), "deterministic");
-            *seen.entry(standby).or_insert(0) += 1;
-            assert!(matches!(s.call_standby(4, call), Some(5)));
+            let standbys = s.call_standbys(1, call);
+            assert!(
+                matches!(standbys[..], [2 | 3, 4 | 5]),
+                "{call}: {standbys:?}"
+            );
+            assert_eq!(s.call_standbys(1, call), standbys, "deterministic");
+            *seen.entry(standbys[0]).or_insert(0) += 1;
+            assert!(matches!(s.call_standbys(4, call)[..], [5, 1..=3]));
         }
         assert_eq!(seen.len(), 2, "spread over the site: {seen:?}");
-        // The only other member of the site fails: fall back to the other sites.
+        // The only other member of the site fails: the other sites only.
         set(&mut s, 12, 5, MemberStatus::Failed).unwrap();
         for call in &calls {
-            assert!(matches!(s.call_standby(4, call), Some(1..=3)), "{call}");
+            assert!(matches!(s.call_standbys(4, call)[..], [1..=3]), "{call}");
         }
         // Nobody else active: no standby.
         for id in [1, 2, 3] {
             set(&mut s, 13, id, MemberStatus::Draining).unwrap();
         }
-        assert_eq!(s.call_standby(4, "x@pbx"), None);
+        assert!(s.call_standbys(4, "x@pbx").is_empty());
         // An unknown owner still gets a standby among the active members.
-        assert_eq!(s.call_standby(99, "x@pbx"), Some(4));
+        assert_eq!(s.call_standbys(99, "x@pbx"), vec![4]);
     }
 
     #[test]

@@ -131,6 +131,8 @@ pub struct CallReplica {
     pub owner: NodeId,
     /// Raised with every copy, so that a copy overtaken on the way never replaces a newer one.
     pub version: u64,
+    /// The nodes holding a copy, in take-over order (`ClusterState::call_standbys`).
+    pub standbys: Vec<NodeId>,
     pub phase: ReplicaPhase,
     pub priority: u8,
     /// Agent legs rung so far: numbers the SIP Call-IDs of the next ones.

@@ -1,9 +1,11 @@
 //! Failover: calls and agents outlive the node they are on.
 //!
-//! - **Calls**: every call is copied ([`CallReplica`]) to one standby node, chosen by rendezvous
-//!   hashing of the call id among the other active members, on the owner's site where there is
-//!   one (`ClusterState::call_standby`). The call actor sends a copy at each change the standby
-//!   would need and a `CallEnded` at the end; the standby only stores them.
+//! - **Calls**: every call is copied ([`CallReplica`]) to its standbys, chosen by rendezvous
+//!   hashing of the call id: one among the other active members of the owner's site (a node
+//!   loss is taken over locally) and one on another site (a site loss too), when there are such
+//!   members (`ClusterState::call_standbys`). The call actor sends a copy at each change a
+//!   standby would need and a `CallEnded` at the end; standbys only store them. The first
+//!   standby still live takes the call over and tells the others to forget it.
 //! - **Agents**: an agent actor sends its state to its heir, the node its placement would pass
 //!   to if its home failed (`ClusterState::heir`); the heir starts the agent from that state.
 //! - **Take-over**: when the view shows a member `Failed` (declared dead by the leader) or
@@ -95,13 +97,14 @@ impl Failover {
         self.inner.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The standby for a call of this node, if another member can take it.
-    pub fn standby_for(&self, call_id: &str) -> Option<NodeId> {
+    /// The standbys of a call of this node, in take-over order (none when no other member is
+    /// active).
+    pub fn standbys_for(&self, call_id: &str) -> Vec<NodeId> {
         self.inner
             .view
             .borrow()
             .state
-            .call_standby(self.inner.node_id, call_id)
+            .call_standbys(self.inner.node_id, call_id)
     }
 
     /// Whether this node may act for its calls: send requests of its own (re-INVITEs, BYEs on
@@ -254,14 +257,11 @@ impl Failover {
         }
         let orphans: Vec<CallReplica> = {
             let mut store = self.store();
+            let me = self.inner.node_id;
             let lost: Vec<String> = store
                 .calls
                 .iter()
-                .filter(|(_, r)| {
-                    view.state.members.get(&r.owner).is_none_or(|m| {
-                        matches!(m.status, MemberStatus::Failed | MemberStatus::Removed)
-                    })
-                })
+                .filter(|(_, r)| !is_live(view, r.owner) && first_live_standby(view, r, me) == me)
                 .map(|(id, _)| id.clone())
                 .collect();
             lost.iter()
@@ -302,8 +302,34 @@ fn tell_every_call(ctx: &NodeContext, msg: impl Fn() -> CallMsg) -> usize {
     ids.len()
 }
 
+/// Whether `node` is a member that holds its calls (not declared failed, not removed).
+fn is_live(view: &ClusterView, node: NodeId) -> bool {
+    view.state
+        .members
+        .get(&node)
+        .is_some_and(|m| matches!(m.status, MemberStatus::Active | MemberStatus::Draining))
+}
+
+/// Which holder of the copy takes the call over: its first standby still live, or `me` (a
+/// holder of a copy) when none of them is.
+fn first_live_standby(view: &ClusterView, replica: &CallReplica, me: NodeId) -> NodeId {
+    replica
+        .standbys
+        .iter()
+        .copied()
+        .find(|&n| is_live(view, n))
+        .unwrap_or(me)
+}
+
 fn spawn_takeover(ctx: &Arc<NodeContext>, replica: CallReplica) {
     metrics::counter!("failover_takeovers_total").increment(1);
+    // The other holders of the copy forget it: this node owns the call now, and copies it to
+    // standbys of its own.
+    if let Some(failover) = &ctx.failover {
+        for &other in replica.standbys.iter().filter(|&&n| n != ctx.node_id) {
+            failover.call_ended(other, replica.call_id());
+        }
+    }
     let args = CallArgs::Takeover {
         ctx: Arc::clone(ctx),
         replica: Box::new(replica),

@@ -30,8 +30,8 @@ const HANDOVER_LINGER: Duration = Duration::from_secs(10);
 /// What the owner knows of the call's copy.
 #[derive(Default)]
 pub(super) struct Replication {
-    /// Where the copies go.
-    standby: Option<NodeId>,
+    /// Where the copies go, in take-over order.
+    standbys: Vec<NodeId>,
     version: u64,
     /// Digest of what the last copy held, to send a new one only on a change.
     digest: u64,
@@ -59,30 +59,35 @@ impl CallState {
             return;
         };
         let digest = self.digest(replica_phase);
-        let standby = failover.standby_for(&self.record.id);
-        if digest == self.replication.digest && standby == self.replication.standby {
+        let standbys = failover.standbys_for(&self.record.id);
+        if digest == self.replication.digest && standbys == self.replication.standbys {
             return;
         }
-        if let Some(old) = self.replication.standby.filter(|&old| Some(old) != standby) {
-            failover.call_ended(old, &self.record.id);
+        for &old in &self.replication.standbys {
+            if !standbys.contains(&old) {
+                failover.call_ended(old, &self.record.id);
+            }
         }
-        self.replication.standby = standby;
+        self.replication.standbys = standbys;
         self.replication.digest = digest;
-        let Some(standby) = standby else {
+        if self.replication.standbys.is_empty() {
             return;
-        };
+        }
         self.replication.version += 1;
         if let Some(replica) = self.replica(replica_phase) {
-            failover.send_call(standby, &replica);
+            for &standby in &replica.standbys {
+                failover.send_call(standby, &replica);
+            }
         }
     }
 
     /// The call is over: the standby forgets it.
     pub(super) fn forget_replica(&mut self) {
-        if let (Some(failover), Some(standby)) =
-            (self.ctx.failover.as_ref(), self.replication.standby.take())
-        {
-            failover.call_ended(standby, &self.record.id);
+        let standbys = std::mem::take(&mut self.replication.standbys);
+        if let Some(failover) = self.ctx.failover.as_ref() {
+            for standby in standbys {
+                failover.call_ended(standby, &self.record.id);
+            }
         }
     }
 
@@ -144,6 +149,7 @@ impl CallState {
         Some(CallReplica {
             owner: self.ctx.node_id,
             version: self.replication.version,
+            standbys: self.replication.standbys.clone(),
             phase,
             priority: self.priority,
             attempts: self.attempts,
@@ -570,7 +576,7 @@ impl CallState {
         }
         tracing::info!(call = %self.record.id, "letting go of a call its standby took over");
         self.phase = Phase::Done;
-        self.replication.standby = None;
+        self.replication.standbys.clear();
         self.release_all();
         self.strays.clear();
     }
@@ -584,7 +590,8 @@ impl CallState {
         let Some(failover) = self.ctx.failover.clone() else {
             return;
         };
-        let Some(standby) = failover.standby_for(&self.record.id) else {
+        self.replication.standbys = failover.standbys_for(&self.record.id);
+        let Some(&standby) = self.replication.standbys.first() else {
             tracing::warn!(call = %self.record.id, "no standby to hand the call to");
             return;
         };
@@ -597,7 +604,7 @@ impl CallState {
             self.ctx.media.stop_playback(ep.id);
         }
         self.phase = Phase::HandedOver;
-        self.replication.standby = None;
+        self.replication.standbys.clear();
         myself.send_after(HANDOVER_LINGER, || CallMsg::Relinquish);
     }
 
