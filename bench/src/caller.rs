@@ -44,6 +44,8 @@ pub struct CallerConfig {
     /// Digits, delay after early media, tone and gap lengths.
     pub dtmf: Option<(String, Duration, Duration, Duration)>,
     pub invite_timeout: Duration,
+    /// Send the INVITE of a call whose target never answered to the next target.
+    pub reroute_on_no_response: bool,
     pub max_concurrent: usize,
     pub media_ip: IpAddr,
     /// Unique per run: Call-IDs and caller users carry it, so the node's records of this run
@@ -471,6 +473,38 @@ impl Callers {
         }
     }
 
+    /// Sends the INVITE of a call whose target never answered to the next target up, in a new
+    /// transaction; the old one is abandoned (nothing answers it). False when no other target
+    /// is left.
+    fn reroute(&mut self, ctx: &mut Ctx<Timer>, serial: u64) -> bool {
+        let (_, next) = self.pick_target(ctx.now);
+        let Some(call) = self.calls.get_mut(&serial) else {
+            return false;
+        };
+        if next == call.target {
+            return false;
+        }
+        let mut invite = call.invite.clone();
+        for header in invite.headers.iter_mut() {
+            if let Header::Via(_) = header {
+                *header = Header::Via(via(ctx.local, &new_branch()));
+                break;
+            }
+        }
+        invite.uri.host_with_port = next.into();
+        let Ok(txn) = ctx.layer.send_request(ctx.now, invite.clone(), udp(next)) else {
+            return false;
+        };
+        self.by_txn.remove(&call.invite_txn);
+        self.by_txn.insert(txn, Purpose::Invite(serial));
+        call.invite_txn = txn;
+        call.invite = invite;
+        call.target = next;
+        ctx.after(self.cfg.invite_timeout, Timer::InviteTimeout(serial));
+        self.record(|r| r.rerouted += 1);
+        true
+    }
+
     fn cancel(&mut self, ctx: &mut Ctx<Timer>, serial: u64, outcome: Outcome) {
         let Some(call) = self.calls.get_mut(&serial) else {
             return;
@@ -750,7 +784,9 @@ impl Side for Callers {
                 if let Some(i) = self.cfg.targets.iter().position(|t| *t == target) {
                     self.down_until[i] = Some(ctx.now + TARGET_HOLD_DOWN);
                 }
-                self.cancel(ctx, serial, Outcome::Failed("no-response".into()));
+                if !(self.cfg.reroute_on_no_response && self.reroute(ctx, serial)) {
+                    self.cancel(ctx, serial, Outcome::Failed("no-response".into()));
+                }
             }
             Timer::Patience(serial) => self.cancel(ctx, serial, Outcome::Abandoned),
             Timer::Talk(serial) => self.hang_up(ctx, serial, None),

@@ -2,7 +2,8 @@
 //! a link with `tc`/`iptables`, ...). Each runs under `sh -c` with
 //!
 //! - `BENCH_OUT`: the output directory,
-//! - `BENCH_PIDS`: a directory of `<node id>.pid` files when the harness started the nodes,
+//! - `BENCH_PIDS`: a directory of `<node id>.pid` and `<node id>.http` (its API address) files
+//!   when the harness started the nodes, and `SWITCHYARD_BIN`, the node binary, then too,
 //! - `BENCH_ELAPSED`: seconds since arrivals began,
 //!
 //! and its output goes to `hooks.log` in the output directory. A hook's time marks the
@@ -119,6 +120,9 @@ fn run_one(
         .stderr(log.try_clone().map_err(|e| e.to_string())?);
     if let Some(dir) = &pid_dir {
         cmd.env("BENCH_PIDS", dir);
+        if let Ok(bin) = crate::nodes::switchyard_bin() {
+            cmd.env("SWITCHYARD_BIN", bin);
+        }
     }
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     let deadline = Instant::now() + HOOK_TIMEOUT;

@@ -393,6 +393,11 @@ impl LocalNodes {
                 nodes.pid_dir.join(format!("{id}.pid")),
                 child.id().to_string(),
             )?;
+            // For hooks that drive a node's API (`switchyard ctl node drain --http ...`).
+            fs::write(
+                nodes.pid_dir.join(format!("{id}.http")),
+                addrs.http.to_string(),
+            )?;
             nodes.nodes.push(LocalNode {
                 addrs: addrs.clone(),
                 dir: node_dir,

@@ -51,6 +51,8 @@ pub struct Calls {
     pub dropped: u64,
     pub harness_limited: u64,
     pub hung_up_at_end: u64,
+    /// Sent to another node after the first never answered (`reroute_on_no_response`).
+    pub rerouted: u64,
     pub failures: BTreeMap<String, u64>,
     pub drops: BTreeMap<String, u64>,
     pub dtmf_sent: u64,
@@ -309,6 +311,13 @@ pub fn text(s: &Summary) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(t, "causes     {}", causes.join(", "));
+    }
+    if c.rerouted > 0 {
+        let _ = writeln!(
+            t,
+            "rerouted   {} calls sent to another node after theirs never answered",
+            c.rerouted
+        );
     }
     let _ = writeln!(
         t,

@@ -202,6 +202,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
             )
         }),
         invite_timeout: s.callers.invite_timeout.0,
+        reroute_on_no_response: s.callers.reroute_on_no_response,
         max_concurrent: s.max_concurrent,
         media_ip: s.media.bind_ip,
         run_tag: run_tag.clone(),

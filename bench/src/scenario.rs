@@ -149,6 +149,10 @@ pub struct Callers {
     /// the target is skipped for a while (a node that died). Wall clock.
     #[serde(default = "default_invite_timeout")]
     pub invite_timeout: Dur,
+    /// Instead of failing a call whose target never answered, send its INVITE to the next
+    /// target, as an SBC in front of a cluster does (counted as `rerouted`).
+    #[serde(default)]
+    pub reroute_on_no_response: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -318,6 +318,8 @@ pub struct Recorder {
     pub queued: u64,
     /// Calls still up when the run ended, hung up by the harness.
     pub hung_up_at_end: u64,
+    /// Calls whose INVITE went to another target after the first never answered.
+    pub rerouted: u64,
     calls_csv: Option<BufWriter<File>>,
     hooks_fired: Vec<String>,
 }
@@ -359,6 +361,7 @@ impl Recorder {
             dtmf_calls: 0,
             queued: 0,
             hung_up_at_end: 0,
+            rerouted: 0,
             calls_csv,
             hooks_fired: Vec::new(),
         })

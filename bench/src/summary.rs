@@ -54,6 +54,7 @@ pub fn build(i: Inputs<'_>) -> Summary {
         dropped: t.dropped,
         harness_limited: t.harness_limited,
         hung_up_at_end: r.hung_up_at_end,
+        rerouted: r.rerouted,
         failures: r.failures.clone(),
         drops: r.drops.clone(),
         dtmf_sent: r.dtmf_calls,

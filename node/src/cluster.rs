@@ -311,7 +311,8 @@ pub async fn start(
 async fn send_raft_messages(mesh: Mesh, mut outbound: mpsc::Receiver<(NodeId, Vec<u8>)>) {
     while let Some((to, bytes)) = outbound.recv().await {
         // A full queue or unknown peer loses the message; Raft retransmits what matters.
-        if let Err(e) = mesh.send(to, KIND_RAFT, bytes) {
+        // Urgent: a heartbeat stuck behind actor traffic would cost the leader its lease.
+        if let Err(e) = mesh.send_urgent(to, KIND_RAFT, bytes) {
             tracing::trace!(to, error = %e, "raft message not sent");
         }
     }

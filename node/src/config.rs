@@ -68,6 +68,10 @@ pub struct ClusterConfig {
     /// stopped acting before anyone takes over.
     #[serde(default = "default_failure_timeout_ms")]
     pub failure_timeout_ms: u64,
+    /// Copy every call to standby nodes so that it survives this node (ADR 0015). Off, a
+    /// node's calls end with it; only for measuring what the copies cost.
+    #[serde(default = "default_true")]
+    pub replicate_calls: bool,
 }
 
 impl ClusterConfig {

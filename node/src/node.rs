@@ -129,9 +129,15 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let (sip, sip_commands) = endpoint::channel();
     let cluster = crate::cluster::start(&config, &data_dir).await?;
     let node_id = cluster.as_ref().map_or(0, |(runtime, _)| runtime.node_id());
-    let failover = cluster
-        .as_ref()
-        .map(|(runtime, _)| Failover::new(node_id, runtime.mesh().clone(), runtime.watch_view()));
+    let replicate_calls = config.cluster.as_ref().is_none_or(|c| c.replicate_calls);
+    let failover = cluster.as_ref().map(|(runtime, _)| {
+        Failover::new(
+            node_id,
+            replicate_calls,
+            runtime.mesh().clone(),
+            runtime.watch_view(),
+        )
+    });
     let calls = Directory::default();
 
     let recordings_dir = config

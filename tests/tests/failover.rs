@@ -1,16 +1,19 @@
 //! Calls survive the loss of the node that holds them: a three-node cluster, callers dialling
 //! node A, agent phones registered at node B; then A is killed with `kill -9` (or cut off
-//! from the cluster by a partition of its QUIC port only) while calls talk, wait in the queue
-//! or ring. The standby that holds each call's replica takes it over: re-INVITEs both legs of
-//! a talking call, answers a queued caller's original INVITE itself, cancels a ringing offer;
-//! every caller then finishes its call normally against the standby.
+//! from the cluster by a partition of its QUIC port only) while 50 calls talk, 10 ring an
+//! agent and 20 wait in the queue. The standby that holds each call's replica takes it over:
+//! re-INVITEs both legs of a talking call, answers a queued caller's original INVITE itself,
+//! cancels a ringing offer and puts its caller back at the head of the line; every caller
+//! then finishes its call normally against the standby, the ringing and queued ones answered
+//! in their arrival order. A node that is drained (`ctl node drain`) hands its calls to their
+//! standbys the same way, without failing.
 //!
 //! The SIPp scenarios `caller_failover.xml` and `agent_failover.xml` follow the remote target
 //! (Contact) and answer requests at their Via, as a phone does, so they notice a dead node.
 //!
-//! The tests of this file run one at a time: each runs three nodes and up to 45 SIPp calls,
-//! and the failure detector's 1-1.5 s must not fire on a node that is merely starved of CPU
-//! on a 2-core machine.
+//! The tests of this file run one at a time: each runs three nodes, up to 80 SIPp callers and
+//! a phone answering up to 90 offers, and the failure detector's 1-1.5 s must not fire on a
+//! node that is merely starved of CPU on a 2-core machine.
 
 mod common;
 
@@ -24,13 +27,19 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// Calls connected to an agent when node A fails.
-const TALKERS: u32 = 20;
-/// Callers waiting in the queue when node A fails (every agent is talking).
-const QUEUED: u32 = 5;
-/// Agents 2001..: one per talking call.
-const AGENTS: u32 = 20;
+const TALKERS: u32 = 50;
+/// Callers whose offer rings an agent when node A fails (the last free agents).
+const RINGING: u32 = 10;
+/// Callers waiting in the queue when node A fails (every agent is busy).
+const QUEUED: u32 = 20;
 /// The agent phones' ringing time before they answer.
 const ANSWER_MS: u64 = 300;
+/// How long the offers that are to be cancelled ring (below the offer timeout, 15 s).
+const HOLD_MS: u64 = 13_000;
+/// The spacing of the answers to offers made after the failure.
+const STEP_MS: u64 = 50;
+/// The spacing of the ends of the talking calls after the failure.
+const TALK_STEP_MS: u64 = 150;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -100,9 +109,15 @@ fn placement(cluster: &Cluster, id: u64) -> Result<BTreeMap<String, Placement>, 
 /// elected and every node agrees on the placement, and chooses the roles: A is not the
 /// leader and, if possible, not the queue's home either (so that only calls move with it).
 fn start(name: &str, agents: u32) -> (Cluster, Roles) {
+    start_with(name, agents, |_| {})
+}
+
+/// As [`start`], with the nodes' config changed by `tweak` first.
+fn start_with(name: &str, agents: u32, tweak: impl FnOnce(&mut NodeConfig)) -> (Cluster, Roles) {
     let mut options = ClusterOptions::new(3);
     options.node.agents = format!("2001-{}", 2000 + agents);
     options.node.rtp_ports = 400;
+    tweak(&mut options.node);
     let mut cluster = Cluster::with(name, options);
     let leader = cluster.wait_leader(Duration::from_secs(20)).node_id;
     let actors = cluster.options.actors();
@@ -137,32 +152,64 @@ fn start(name: &str, agents: u32) -> (Cluster, Roles) {
         .count();
     eprintln!(
         "[test] leader node {leader}; queue on node {queue_home}; calls go to node A = {a} \
-         (home of {agents_on_a} agents), which will fail; phones register at node B = {}; \
-         node C = {}",
+         (home of {agents_on_a} agents); phones register at node B = {}; node C = {}",
         roles.b, roles.c
     );
     (cluster, roles)
 }
 
-/// An agent phone (one SIPp for every agent) at node `id`, answering after `answer_ms`, for
-/// `calls` calls in all; registers `extensions` with it and waits until node `seen_from`
-/// sees each of them available.
+/// How an agent phone rings (see `agent_failover.xml`): call number n (in the order the
+/// INVITEs come in) rings `answer_ms` up to `fast_calls`, `hold_ms` for the next `hold_calls`,
+/// and `answer_ms + (n - fast_calls - hold_calls) * step_ms` after that.
+struct PhonePlan {
+    /// Calls in all: the phone exits after this many.
+    calls: u32,
+    answer_ms: u64,
+    fast_calls: u32,
+    hold_calls: u32,
+    hold_ms: u64,
+    step_ms: u64,
+}
+
+impl PhonePlan {
+    /// Every call rings `answer_ms`.
+    fn plain(calls: u32, answer_ms: u64) -> Self {
+        Self {
+            calls,
+            answer_ms,
+            fast_calls: 0,
+            hold_calls: 0,
+            hold_ms: 0,
+            step_ms: 0,
+        }
+    }
+}
+
+/// The SIPp of an agent phone at `node`, serving every agent registered with its port.
+fn phone_sipp(node: &Node, plan: &PhonePlan) -> SippProcess {
+    node.sipp("agents", "agent_failover.xml")
+        .server()
+        .calls(plan.calls)
+        .set("answer_ms", &plan.answer_ms.to_string())
+        .set("fast_calls", &plan.fast_calls.to_string())
+        .set("hold_calls", &plan.hold_calls.to_string())
+        .set("hold_ms", &plan.hold_ms.to_string())
+        .set("step_ms", &plan.step_ms.to_string())
+        .timeout_secs(150)
+        .spawn()
+}
+
+/// An agent phone (one SIPp for every agent) at node `id`, ringing as `plan` says; registers
+/// `extensions` with it and waits until node `seen_from` sees each of them available.
 fn phones(
     cluster: &Cluster,
     id: u64,
     seen_from: u64,
     extensions: &[String],
-    calls: u32,
-    answer_ms: u64,
+    plan: &PhonePlan,
 ) -> SippProcess {
     let node = cluster.node(id);
-    let phone = node
-        .sipp("agents", "agent_failover.xml")
-        .server()
-        .calls(calls)
-        .set("answer_ms", &answer_ms.to_string())
-        .timeout_secs(150)
-        .spawn();
+    let phone = phone_sipp(node, plan);
     node.register_agents(extensions, phone.local_port);
     for ext in extensions {
         poll(
@@ -431,75 +478,138 @@ fn resumed_records(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Talking and queued calls through a failure of their node
+// Talking, ringing and queued calls through a failure of their node
 
 enum Failure {
     Kill9,
     Partition,
 }
 
-/// What [`talking_and_queued`] leaves for the test's own checks.
+/// What [`talking_ringing_queued`] leaves for the test's own checks.
 struct Run {
     cluster: Cluster,
     roles: Roles,
-    /// Caller Call-IDs of the calls that talked when A failed, and of those that waited.
+    /// Caller Call-IDs of the calls that talked, rang an agent or waited when A failed.
     talkers: Vec<String>,
+    ringing: Vec<String>,
     queued: Vec<String>,
     /// The partition, while it lasts.
     partition: Option<Partition>,
 }
 
-/// `TALKERS` calls connected and `QUEUED` waiting on node A when it fails; every call must
-/// finish normally through the standby, the queued ones answered in their arrival order.
-fn talking_and_queued(name: &str, failure: Failure) -> Run {
-    let (mut cluster, roles) = start(name, AGENTS);
+impl Run {
+    fn all_ids(&self) -> Vec<String> {
+        self.talkers
+            .iter()
+            .chain(&self.ringing)
+            .chain(&self.queued)
+            .cloned()
+            .collect()
+    }
+}
+
+/// `TALKERS` calls connected, `RINGING` ringing an agent and `QUEUED` waiting on node A when
+/// it fails. Every call must finish normally through the standbys: the talking ones re-INVITEd
+/// and hung up by their callers; the ringing offers cancelled; the ringing and queued callers
+/// answered afterwards, in their arrival order; no agent on two calls at once.
+///
+/// The agent phone (one SIPp for all `TALKERS + RINGING` agents) answers the talking calls
+/// after `ANSWER_MS`, lets the ringing offers ring (`HOLD_MS`, longer than the failure takes
+/// to be handled), and answers the k-th offer after the failure after `ANSWER_MS + k *
+/// STEP_MS`: in the order the offers reach it, each at least `STEP_MS` after the one before,
+/// so that the order of the answers in the records is the order in which the node offered.
+///
+/// After the failure agents free up one at a time, `TALK_STEP_MS` apart: the talking calls
+/// end one after another a second after their take-over, the answered callers talk on, and an
+/// agent whose ringing offer the
+/// standby cancelled is not offered again (`max_missed_offers = 1`: the cancelled offer counts
+/// as missed). By then every caller that rang or waited is back in line, so each freed agent
+/// must go to the first of them in arrival order. (With the cancelled agents free at once,
+/// the standbys re-offer ten callers within milliseconds of each other, from two nodes and in
+/// the order their take-overs happen to run; which of ten simultaneous offers is answered
+/// first says nothing reliable about the queue's order.)
+fn talking_ringing_queued(name: &str, failure: Failure) -> Run {
+    const AGENTS: u32 = TALKERS + RINGING;
+    let (mut cluster, roles) = start_with(name, AGENTS, |_| {});
     let Roles { a, b, .. } = roles;
     let phone = phones(
         &cluster,
         b,
         a,
         &Node::extensions(2001, AGENTS),
-        TALKERS + QUEUED,
-        ANSWER_MS,
+        &PhonePlan {
+            // Talking calls; their offers again after the failure; the queued callers.
+            calls: TALKERS + 2 * RINGING + QUEUED,
+            answer_ms: ANSWER_MS,
+            fast_calls: TALKERS,
+            hold_calls: RINGING,
+            hold_ms: HOLD_MS,
+            step_ms: STEP_MS,
+        },
     );
+    let started = Instant::now();
 
     // The talking calls wait up to 30 s for the take-over's re-INVITE (failing without one),
-    // then end 1.5 s + n * 0.5 s after it: one agent frees up every half second, so the
-    // queued callers are answered one at a time.
+    // then end 1 s + n * TALK_STEP_MS after it.
     let (talkers, talker_ids) = callers(
         cluster.node(a),
         "talkers",
         &CallerPlan {
             calls: TALKERS,
-            rate: 10.0,
+            rate: 20.0,
             wait_ms: 30_000,
             expect_reinvite: true,
-            talk_ms: 1500,
-            talk_step_ms: 500,
+            talk_ms: 1000,
+            talk_step_ms: TALK_STEP_MS,
         },
     );
     wait_call_states(&cluster, a, &[("connected", TALKERS as usize)]);
-    // Every agent is talking: these wait, arriving half a second apart.
+    // The last free agents: their phones ring until the standby cancels the offers. Once
+    // answered, these callers talk long enough to keep their agents until every caller that
+    // rang or waited has been answered (about TALK_STEP_MS + STEP_MS apart): only the
+    // talking calls free agents then, one at a time.
+    let waiting_plan = CallerPlan {
+        calls: RINGING,
+        rate: 10.0,
+        wait_ms: 1000,
+        expect_reinvite: false,
+        talk_ms: 8000,
+        talk_step_ms: 0,
+    };
+    let (ringers, ringing_ids) = callers(cluster.node(a), "ringing", &waiting_plan);
+    wait_call_states(
+        &cluster,
+        a,
+        &[
+            ("connected", TALKERS as usize),
+            ("offering", RINGING as usize),
+        ],
+    );
+    // Every agent is busy: these wait, arriving a tenth of a second apart.
     let (queued, queued_ids) = callers(
         cluster.node(a),
         "queued",
         &CallerPlan {
             calls: QUEUED,
-            rate: 2.0,
-            wait_ms: 1000,
-            expect_reinvite: false,
-            talk_ms: 1000,
-            talk_step_ms: 0,
+            ..waiting_plan
         },
     );
     wait_call_states(
         &cluster,
         a,
-        &[("connected", TALKERS as usize), ("queued", QUEUED as usize)],
+        &[
+            ("connected", TALKERS as usize),
+            ("offering", RINGING as usize),
+            ("queued", QUEUED as usize),
+        ],
     );
-    wait_queue_waiting(&cluster, a, u64::from(QUEUED));
+    wait_queue_waiting(&cluster, a, u64::from(RINGING + QUEUED));
     // Let the last replication reach the standby.
     std::thread::sleep(Duration::from_secs(1));
+    eprintln!(
+        "[test] {TALKERS} talking, {RINGING} ringing, {QUEUED} queued on node {a} after {:?}",
+        started.elapsed()
+    );
 
     let failed_at = Instant::now();
     let failed_at_ms = epoch_ms();
@@ -518,6 +628,7 @@ fn talking_and_queued(name: &str, failure: Failure) -> Run {
 
     let report_node = cluster.node(b);
     talkers.expect_success_with(report_node);
+    ringers.expect_success_with(report_node);
     queued.expect_success_with(report_node);
     phone.expect_success_with(report_node);
     eprintln!(
@@ -525,10 +636,18 @@ fn talking_and_queued(name: &str, failure: Failure) -> Run {
         failed_at.elapsed()
     );
 
-    let all_ids: Vec<String> = talker_ids.iter().chain(&queued_ids).cloned().collect();
-    let by_call = wait_records(&cluster, &roles.survivors(), &all_ids);
-    let talking = resumed_records(&by_call, &talker_ids, a);
-    let waiting = resumed_records(&by_call, &queued_ids, a);
+    let run = Run {
+        cluster,
+        roles,
+        talkers: talker_ids,
+        ringing: ringing_ids,
+        queued: queued_ids,
+        partition,
+    };
+    let by_call = wait_records(&run.cluster, &roles.survivors(), &run.all_ids());
+    let talking = resumed_records(&by_call, &run.talkers, a);
+    let ringing = resumed_records(&by_call, &run.ringing, a);
+    let queued = resumed_records(&by_call, &run.queued, a);
 
     for cdr in &talking {
         assert!(
@@ -542,45 +661,65 @@ fn talking_and_queued(name: &str, failure: Failure) -> Run {
         TALKERS as usize,
         "each talking call had its own agent: {agents:?}"
     );
-
-    // The queued callers, answered after the failure, in the order they arrived.
-    let mut waiting = waiting;
-    waiting.sort_by_key(|c| c.arrived_ms);
-    for c in &waiting {
-        eprintln!(
-            "[test] queued caller {}: arrived {} queued {:?} answered {:?} by {:?}, failover {:?}",
-            c.caller_call_id, c.arrived_ms, c.queued_ms, c.answered_ms, c.agent, c.failover
-        );
+    for cdr in &ringing {
         assert!(
-            c.answered_ms.is_some_and(|t| t > failed_at_ms),
-            "a queued caller was answered only after node {a} failed: {c:#?}"
+            cdr.offers.len() >= 2
+                && cdr.offers[0].outcome != "answered"
+                && cdr.offers[0].offered_ms < failed_at_ms,
+            "a ringing caller's offer was cancelled and made again: {cdr:#?}"
         );
     }
+
+    // The callers that rang or waited, answered after the failure, in their arrival order
+    // (all of equal priority): by first-queued time, the answers must not go backwards.
+    let mut waiting: Vec<Cdr> = ringing.iter().chain(&queued).cloned().collect();
+    waiting.sort_by_key(|c| c.queued_ms);
     let arrival: Vec<&str> = waiting.iter().map(|c| c.caller_call_id.as_str()).collect();
+    let started_order: Vec<&str> = run
+        .ringing
+        .iter()
+        .chain(&run.queued)
+        .map(String::as_str)
+        .collect();
     assert_eq!(
-        arrival,
-        queued_ids.iter().map(String::as_str).collect::<Vec<_>>(),
-        "the queued callers arrived in the order SIPp started them"
+        arrival, started_order,
+        "the ringing and queued callers arrived in the order SIPp started them"
     );
-    for pair in waiting.windows(2) {
-        assert!(
-            pair[0].answered_ms <= pair[1].answered_ms,
-            "queued callers answered out of their arrival order:\n{:#?}\n{:#?}",
-            pair[0],
-            pair[1]
+    for c in &waiting {
+        let after = |t: u64| t as i64 - failed_at_ms as i64;
+        eprintln!(
+            "[test] waiting caller {} (call {} on node {}): queued {:?}; offered at {:?} ms, \
+             answered at {} ms after the failure, by {:?}",
+            c.caller_call_id,
+            c.id,
+            c.node,
+            c.queued_ms,
+            c.offers
+                .iter()
+                .map(|o| (after(o.offered_ms), o.agent.as_str(), o.outcome.as_str()))
+                .collect::<Vec<_>>(),
+            after(c.answered_ms.unwrap_or(0)),
+            c.agent,
         );
     }
-
-    let all: Vec<Cdr> = talking.into_iter().chain(waiting).collect();
-    assert_no_agent_overlap(&all);
-
-    Run {
-        cluster,
-        roles,
-        talkers: talker_ids,
-        queued: queued_ids,
-        partition,
+    for c in &waiting {
+        assert!(
+            c.queued_ms.is_some() && c.answered_ms.is_some_and(|t| t > failed_at_ms),
+            "a ringing or queued caller was answered only after node {a} failed: {c:#?}"
+        );
     }
+    let all: Vec<Cdr> = talking.iter().chain(&waiting).cloned().collect();
+    assert_no_agent_overlap(&all);
+    let out_of_order: Vec<(&str, &str)> = waiting
+        .windows(2)
+        .filter(|p| p[0].answered_ms > p[1].answered_ms)
+        .map(|p| (p[0].caller_call_id.as_str(), p[1].caller_call_id.as_str()))
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "callers answered out of their arrival order (earlier, later): {out_of_order:?}"
+    );
+    run
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,13 +731,7 @@ fn talking_and_queued(name: &str, failure: Failure) -> Run {
 fn failover_scenarios_complete_calls_without_a_failure() {
     let _serial = serial();
     let node = Node::start("failover-plain", NodeConfig::default());
-    let phone = node
-        .sipp("agents", "agent_failover.xml")
-        .server()
-        .calls(2)
-        .set("answer_ms", "200")
-        .timeout_secs(60)
-        .spawn();
+    let phone = phone_sipp(&node, &PhonePlan::plain(2, 200));
     node.register_agents(&Node::extensions(2001, 2), phone.local_port);
     let (run, ids) = callers(
         &node,
@@ -633,19 +766,24 @@ fn failover_scenarios_complete_calls_without_a_failure() {
 #[test]
 fn talking_and_queued_calls_survive_kill_9_of_their_node() {
     let _serial = serial();
-    let run = talking_and_queued("failover-kill", Failure::Kill9);
+    let began = Instant::now();
+    let run = talking_ringing_queued("failover-kill", Failure::Kill9);
     eprintln!(
-        "[test] {} talking and {} queued calls resumed after node {} was killed",
+        "[test] {} talking, {} ringing and {} queued calls resumed after node {} was killed; \
+         {:?} in all",
         run.talkers.len(),
+        run.ringing.len(),
         run.queued.len(),
-        run.roles.a
+        run.roles.a,
+        began.elapsed()
     );
 }
 
 #[test]
 fn calls_survive_a_partition_of_their_node() {
     let _serial = serial();
-    let mut run = talking_and_queued("failover-cut", Failure::Partition);
+    let began = Instant::now();
+    let mut run = talking_ringing_queued("failover-cut", Failure::Partition);
     let Roles { a, .. } = run.roles;
     // Heal: node A comes back into the cluster and must not resume the calls it held.
     drop(run.partition.take());
@@ -672,9 +810,8 @@ fn calls_survive_a_partition_of_their_node() {
 
     // One live record per call across the whole cluster: node A may only have recorded a
     // call as dropped.
-    let ids: Vec<String> = run.talkers.iter().chain(&run.queued).cloned().collect();
     let by_call = group(records_on(&run.cluster, &[1, 2, 3]));
-    for id in &ids {
+    for id in &run.all_ids() {
         let records = by_call.get(id).map(Vec::as_slice).unwrap_or_default();
         let live: Vec<&(u64, Cdr)> = records
             .iter()
@@ -691,8 +828,9 @@ fn calls_survive_a_partition_of_their_node() {
         );
     }
     eprintln!(
-        "[test] node {a} rejoined without resuming; records on node {a}: {}",
-        run.cluster.node(a).cdrs().len()
+        "[test] node {a} rejoined without resuming; records on node {a}: {}; {:?} in all",
+        run.cluster.node(a).cdrs().len(),
+        began.elapsed()
     );
 }
 
@@ -707,8 +845,7 @@ fn a_node_that_returns_does_not_resume_its_calls() {
         b,
         a,
         &Node::extensions(2001, CALLS),
-        CALLS,
-        ANSWER_MS,
+        &PhonePlan::plain(CALLS, ANSWER_MS),
     );
     let (talkers, ids) = callers(
         cluster.node(a),
@@ -764,7 +901,13 @@ fn a_ringing_offer_is_cancelled_and_its_caller_keeps_its_place() {
     let (mut cluster, roles) = start("failover-ring", 1);
     let Roles { a, b, .. } = roles;
     // One agent; its phone rings RING_MS each time: the cancelled offer, then both callers.
-    let phone = phones(&cluster, b, a, &Node::extensions(2001, 1), 3, RING_MS);
+    let phone = phones(
+        &cluster,
+        b,
+        a,
+        &Node::extensions(2001, 1),
+        &PhonePlan::plain(3, RING_MS),
+    );
     let phone_dir = phone.dir.clone();
     let plan = CallerPlan {
         calls: 1,
@@ -807,4 +950,343 @@ fn a_ringing_offer_is_cancelled_and_its_caller_keeps_its_place() {
         "the first caller kept its place at the head of the queue:\n{one:#?}\n{two:#?}"
     );
     assert_no_agent_overlap(&records);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Draining: a planned hand-over
+
+/// One SIP message in a SIPp `-trace_msg` log.
+#[derive(Debug)]
+struct Traced {
+    received: bool,
+    start_line: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Traced {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A request of `method`, not a response.
+    fn is_request(&self, method: &str) -> bool {
+        self.start_line.starts_with(&format!("{method} "))
+    }
+
+    /// Whether the To header carries a tag: a request inside a dialog.
+    fn in_dialog(&self) -> bool {
+        self.header("To").is_some_and(|to| to.contains("tag="))
+    }
+
+    /// The port of the top Via (`SIP/2.0/UDP host:port;...`).
+    fn via_port(&self) -> Option<u16> {
+        let sent_by = self.header("Via")?.split_whitespace().nth(1)?;
+        port_of(sent_by.split(';').next()?)
+    }
+
+    /// The port of the Contact URI.
+    fn contact_port(&self) -> Option<u16> {
+        uri_port(self.header("Contact")?)
+    }
+
+    /// The port of the Request-URI.
+    fn request_uri_port(&self) -> Option<u16> {
+        uri_port(self.start_line.split_whitespace().nth(1)?)
+    }
+
+    /// The port of the SDP's audio line.
+    fn audio_port(&self) -> Option<u16> {
+        self.body
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("m=audio "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+    }
+}
+
+/// `host:port` -> port.
+fn port_of(host_port: &str) -> Option<u16> {
+    host_port.rsplit_once(':')?.1.trim().parse().ok()
+}
+
+/// The port of a SIP URI, bare or in `<...>`: `<sip:user@host:port;params>`.
+fn uri_port(uri: &str) -> Option<u16> {
+    let uri = uri.trim();
+    let uri = uri
+        .strip_prefix('<')
+        .map_or(uri, |u| u.split('>').next().unwrap_or(u));
+    let rest = uri.split_once(':')?.1;
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, hp)| hp);
+    port_of(host_port.split(';').next()?)
+}
+
+/// The messages of a SIPp `-trace_msg` log (`messages.log` in `dir`), in order.
+fn traced_messages(dir: &std::path::Path) -> Vec<Traced> {
+    let path = dir.join("messages.log");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut out = Vec::new();
+    for block in text.split("\n-----------------------------------------------") {
+        let mut lines = block.lines();
+        let received = loop {
+            match lines.next() {
+                Some(l) if l.contains("message received") => break true,
+                Some(l) if l.contains("message sent") => break false,
+                Some(_) => continue,
+                None => break false,
+            }
+        };
+        let mut lines = lines.skip_while(|l| l.trim().is_empty());
+        let Some(start_line) = lines.next() else {
+            continue;
+        };
+        let mut headers = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
+        }
+        let body = lines.collect::<Vec<_>>().join("\n");
+        out.push(Traced {
+            received,
+            start_line: start_line.trim().to_owned(),
+            headers,
+            body,
+        });
+    }
+    out
+}
+
+/// Checks the re-INVITEs a SIPp run (`who`) received: `expected` of them, each from a
+/// standby among `standbys` (its Via), with that node's Contact and media from its RTP range.
+fn check_reinvites(
+    cluster: &Cluster,
+    who: &str,
+    dir: &std::path::Path,
+    standbys: &[u64],
+    expected: usize,
+) {
+    let sip_ports: BTreeMap<u16, u64> = standbys
+        .iter()
+        .map(|&id| (cluster.node(id).sip.port(), id))
+        .collect();
+    let reinvites: Vec<Traced> = traced_messages(dir)
+        .into_iter()
+        .filter(|m| m.received && m.is_request("INVITE") && m.in_dialog())
+        .collect();
+    assert_eq!(
+        reinvites.len(),
+        expected,
+        "{who}: re-INVITEs received (trace in {})",
+        dir.display()
+    );
+    for m in &reinvites {
+        let from = m
+            .via_port()
+            .and_then(|p| sip_ports.get(&p).copied())
+            .unwrap_or_else(|| {
+                panic!("{who}: a re-INVITE not from a standby {standbys:?}: {m:#?}")
+            });
+        let node = cluster.node(from);
+        assert_eq!(
+            m.contact_port(),
+            Some(node.sip.port()),
+            "{who}: the re-INVITE's Contact is node {from}'s: {m:#?}"
+        );
+        let media = m.audio_port().unwrap_or(0);
+        assert!(
+            (node.rtp.0..=node.rtp.1).contains(&media),
+            "{who}: the re-INVITE's media is on node {from} (RTP {}-{}): {m:#?}",
+            node.rtp.0,
+            node.rtp.1
+        );
+    }
+}
+
+/// `ctl node drain` on a node with talking calls: the node hands each call to its standby at
+/// once (re-INVITEs on both legs from the standby, with its Contact and media), keeps relaying
+/// media for a while and then lets go of the calls without a word on SIP. The callers end
+/// their calls normally, with the BYE to the standby, which writes the records.
+#[test]
+fn draining_a_node_hands_its_calls_over() {
+    const CALLS: u32 = 20;
+    let _serial = serial();
+    let began = Instant::now();
+    let (cluster, roles) = start("failover-drain", CALLS);
+    let Roles { a, b, .. } = roles;
+    let survivors = roles.survivors();
+    // One call more than will come: the phone stays to hear anything node A might still
+    // send after its calls ended (it is stopped at the end).
+    let mut phone = phones(
+        &cluster,
+        b,
+        a,
+        &Node::extensions(2001, CALLS),
+        &PhonePlan::plain(CALLS + 1, ANSWER_MS),
+    );
+    let phone_dir = phone.dir.clone();
+    // Each call waits up to 30 s for the hand-over's re-INVITE (failing without one), then
+    // ends 2 s + n * 0.1 s after it.
+    let (talkers, ids) = callers(
+        cluster.node(a),
+        "talkers",
+        &CallerPlan {
+            calls: CALLS,
+            rate: 10.0,
+            wait_ms: 30_000,
+            expect_reinvite: true,
+            talk_ms: 2000,
+            talk_step_ms: 100,
+        },
+    );
+    let talkers_dir = talkers.dir.clone();
+    wait_call_states(&cluster, a, &[("connected", CALLS as usize)]);
+    // Let the last replication reach the standby.
+    std::thread::sleep(Duration::from_secs(1));
+
+    eprintln!("[test] ctl node drain --id {a}");
+    let drained_at = Instant::now();
+    let drained_at_ms = epoch_ms();
+    let out = cluster.ctl(&[
+        "node",
+        "drain",
+        "--http",
+        &cluster.http(b).to_string(),
+        "--id",
+        &a.to_string(),
+    ]);
+    assert!(
+        out.success,
+        "switchyard ctl node drain --id {a} failed:\nstdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    // The node lets go of every call within its linger (10 s) of the hand-over.
+    poll(
+        Duration::from_secs(15).saturating_sub(drained_at.elapsed()),
+        &format!("node {a} holds no calls within 15 s of its drain"),
+        || {
+            let states = call_states(&cluster, a)?;
+            if states.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        },
+    );
+    eprintln!(
+        "[test] node {a} held no calls {:?} after the drain",
+        drained_at.elapsed()
+    );
+
+    talkers.expect_success_with(cluster.node(b));
+    eprintln!(
+        "[test] every caller finished {:?} after the drain",
+        drained_at.elapsed()
+    );
+    // A second past node A's letting go, the phone has ended every call normally.
+    std::thread::sleep(Duration::from_secs(1));
+    poll(
+        Duration::from_secs(10),
+        &format!("the agent phone ended {CALLS} calls successfully"),
+        || match phone.stats() {
+            Some(s) if s.successful == u64::from(CALLS) && s.failed == 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    phone.kill();
+
+    // Both legs of every call were re-INVITEd by a standby, and every BYE went to one.
+    check_reinvites(
+        &cluster,
+        "callers",
+        &talkers_dir,
+        &survivors,
+        CALLS as usize,
+    );
+    check_reinvites(
+        &cluster,
+        "agent phone",
+        &phone_dir,
+        &survivors,
+        CALLS as usize,
+    );
+    let standby_ports: Vec<u16> = survivors
+        .iter()
+        .map(|&id| cluster.node(id).sip.port())
+        .collect();
+    let caller_byes: Vec<Traced> = traced_messages(&talkers_dir)
+        .into_iter()
+        .filter(|m| !m.received && m.is_request("BYE"))
+        .collect();
+    let byes_to: BTreeSet<String> = caller_byes
+        .iter()
+        .filter_map(|m| m.header("Call-ID").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        byes_to.len(),
+        CALLS as usize,
+        "one BYE (and its retransmissions) per call"
+    );
+    for m in &caller_byes {
+        assert!(
+            m.request_uri_port()
+                .is_some_and(|p| standby_ports.contains(&p)),
+            "a caller's BYE did not go to a standby (SIP ports {standby_ports:?}): {m:#?}"
+        );
+    }
+    // Node A sent the agent phone nothing once a call's hand-over re-INVITE had come.
+    let a_port = cluster.node(a).sip.port();
+    let mut handed: BTreeSet<String> = BTreeSet::new();
+    for m in traced_messages(&phone_dir).iter().filter(|m| m.received) {
+        let call = m.header("Call-ID").unwrap_or_default().to_owned();
+        if handed.contains(&call) {
+            assert_ne!(
+                m.via_port(),
+                Some(a_port),
+                "node {a} sent the agent phone a message after handing the call over: {m:#?}"
+            );
+        } else if m.is_request("INVITE") && m.in_dialog() {
+            handed.insert(call);
+        }
+    }
+
+    let by_call = wait_records(&cluster, &survivors, &ids);
+    let records = resumed_records(&by_call, &ids, a);
+    for cdr in &records {
+        assert!(
+            cdr.answered_ms.is_some_and(|t| t < drained_at_ms),
+            "the call was answered before the drain: {cdr:#?}"
+        );
+    }
+    let on_a: Vec<Cdr> = cluster
+        .node(a)
+        .cdrs()
+        .into_iter()
+        .filter(|c| ids.contains(&c.caller_call_id))
+        .collect();
+    assert!(
+        on_a.is_empty(),
+        "node {a} wrote records of calls it handed over: {on_a:#?}"
+    );
+    let everywhere: Vec<Cdr> = records_on(&cluster, &[1, 2, 3])
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_no_agent_overlap(&everywhere);
+    eprintln!(
+        "[test] {CALLS} calls handed over by node {a} and resumed on nodes {:?}; {:?} in all",
+        records
+            .iter()
+            .map(|c| c.node.as_str())
+            .collect::<BTreeSet<_>>(),
+        began.elapsed()
+    );
 }

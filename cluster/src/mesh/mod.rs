@@ -397,9 +397,26 @@ impl Mesh {
     /// (peer, kind), at most once; when the peer's queue is full the oldest message is dropped
     /// (counted in [`PeerStatus::dropped`]).
     pub fn send(&self, to: u64, kind: u16, payload: Vec<u8>) -> Result<(), MeshError> {
+        self.send_queued(to, kind, payload, false)
+    }
+
+    /// Like [`Mesh::send`], but ahead of everything [`Mesh::send`] queued for the peer and on a
+    /// higher-priority stream: for control traffic (Raft heartbeats, votes) that must not wait
+    /// behind bulk actor traffic. Use one kind per lane: a kind's order holds within its lane.
+    pub fn send_urgent(&self, to: u64, kind: u16, payload: Vec<u8>) -> Result<(), MeshError> {
+        self.send_queued(to, kind, payload, true)
+    }
+
+    fn send_queued(
+        &self,
+        to: u64,
+        kind: u16,
+        payload: Vec<u8>,
+        urgent: bool,
+    ) -> Result<(), MeshError> {
         let peer = self.peer(to)?;
         let frame = Envelope::new(kind, 0, self.node_id(), payload).encode(self.max_frame())?;
-        peer.enqueue(kind, frame, self.inner.shared.send_queue);
+        peer.enqueue(kind, frame, self.inner.shared.send_queue, urgent);
         Ok(())
     }
 

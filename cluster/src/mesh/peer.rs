@@ -36,6 +36,8 @@ pub(super) struct Peer {
 struct State {
     addr: SocketAddr,
     queue: VecDeque<(u16, Frame)>,
+    /// Sent before anything in `queue` (see [`super::Mesh::send_urgent`]).
+    urgent: VecDeque<(u16, Frame)>,
     link: Link,
     up_since: Option<Instant>,
     backoff: Duration,
@@ -71,6 +73,7 @@ impl Peer {
             state: Mutex::new(State {
                 addr,
                 queue: VecDeque::new(),
+                urgent: VecDeque::new(),
                 link: Link::Idle,
                 up_since: None,
                 backoff: INITIAL_BACKOFF,
@@ -105,15 +108,20 @@ impl Peer {
             connected: conn.is_some(),
             rtt: conn.map(Connection::rtt),
             last_error: st.last_error.clone(),
-            queued: st.queue.len(),
+            queued: st.queue.len() + st.urgent.len(),
             dropped: st.dropped,
         }
     }
 
-    pub(super) fn enqueue(&self, kind: u16, frame: Frame, capacity: usize) {
+    pub(super) fn enqueue(&self, kind: u16, frame: Frame, capacity: usize, urgent: bool) {
         let mut st = self.lock();
-        if st.queue.len() >= capacity {
-            st.queue.pop_front();
+        let queue = if urgent {
+            &mut st.urgent
+        } else {
+            &mut st.queue
+        };
+        if queue.len() >= capacity {
+            queue.pop_front();
             st.dropped += 1;
             // Log-scale warnings: visible, but a long outage does not flood the log.
             if st.dropped.is_power_of_two() {
@@ -124,7 +132,11 @@ impl Peer {
                 );
             }
         }
-        st.queue.push_back((kind, frame));
+        if urgent {
+            st.urgent.push_back((kind, frame));
+        } else {
+            st.queue.push_back((kind, frame));
+        }
         drop(st);
         self.wake.notify_one();
     }
@@ -151,6 +163,7 @@ impl Peer {
         let mut st = self.lock();
         st.removed = true;
         st.queue.clear();
+        st.urgent.clear();
         let old = std::mem::replace(&mut st.link, Link::Idle);
         drop(st);
         if let Link::Up(conn) = old {
@@ -246,7 +259,7 @@ impl Peer {
                 if st.removed {
                     return None;
                 }
-                let demand = !st.queue.is_empty() || st.connect_wanted;
+                let demand = !st.queue.is_empty() || !st.urgent.is_empty() || st.connect_wanted;
                 match st.link {
                     _ if !demand => None,
                     Link::Down { retry_at } if retry_at > Instant::now() => Some(retry_at),
@@ -384,9 +397,12 @@ async fn pump(peer: &Peer, conn: &Connection, shutdown: &mut watch::Receiver<boo
             if st.removed {
                 return Ended::Removed;
             }
-            st.queue.pop_front()
+            match st.urgent.pop_front() {
+                Some(urgent) => Some((urgent, true)),
+                None => st.queue.pop_front().map(|m| (m, false)),
+            }
         };
-        let Some((kind, frame)) = next else {
+        let Some(((kind, frame), urgent)) = next else {
             tokio::select! {
                 _ = wake => continue,
                 e = conn.closed() => return Ended::Lost(describe_close(&e)),
@@ -394,7 +410,7 @@ async fn pump(peer: &Peer, conn: &Connection, shutdown: &mut watch::Receiver<boo
             }
         };
         let written = tokio::select! {
-            written = write_on_stream(conn, &mut streams, kind, &frame) => written,
+            written = write_on_stream(conn, &mut streams, kind, &frame, urgent) => written,
             e = conn.closed() => return Ended::Lost(describe_close(&e)),
             _ = super::stopped(shutdown) => return Ended::Shutdown,
         };
@@ -417,14 +433,22 @@ async fn write_on_stream(
     streams: &mut HashMap<u16, SendStream>,
     kind: u16,
     frame: &Frame,
+    urgent: bool,
 ) -> Result<(), MeshError> {
     let stream = match streams.entry(kind) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => e.insert(
-            conn.open_uni()
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let stream = conn
+                .open_uni()
                 .await
-                .map_err(|e| MeshError::Connection(describe_close(&e)))?,
-        ),
+                .map_err(|e| MeshError::Connection(describe_close(&e)))?;
+            if urgent {
+                // QUIC sends higher-priority streams' data first, so urgent frames do not wait
+                // behind bulk data already handed to the connection either.
+                let _ = stream.set_priority(1);
+            }
+            e.insert(stream)
+        }
     };
     for part in frame.parts() {
         stream.write_all(part).await.map_err(write_error)?;

@@ -492,11 +492,28 @@ pub struct AgentActorState {
     failover: Option<Failover>,
     /// The state as last copied to the heir.
     replicated: Option<AgentState>,
+    /// A `CopyToHeir` is on its way.
+    copy_pending: bool,
 }
 
+/// How long a changed agent state waits before it is copied to the heir: a call's changes
+/// (offered, on call) come within milliseconds and then cost one copy.
+const COPY_DELAY: Duration = Duration::from_millis(50);
+
 impl AgentActorState {
-    /// Copies the state to the heir if it changed since the last copy.
-    fn replicate(&mut self) {
+    /// Arranges a copy to the heir if the state changed since the last one.
+    fn replicate(&mut self, myself: &ActorRef<AgentMsg>) {
+        if self.failover.is_none() || self.copy_pending {
+            return;
+        }
+        if self.replicated.as_ref() != Some(&self.agent) {
+            self.copy_pending = true;
+            myself.send_after(COPY_DELAY, || AgentMsg::CopyToHeir);
+        }
+    }
+
+    fn copy_to_heir(&mut self) {
+        self.copy_pending = false;
         let Some(failover) = &self.failover else {
             return;
         };
@@ -585,6 +602,7 @@ impl Actor for AgentActor {
             fence: args.fence,
             failover: args.failover,
             replicated: None,
+            copy_pending: false,
         })
     }
 
@@ -605,7 +623,7 @@ impl Actor for AgentActor {
             }),
             _ => {}
         }
-        state.replicate();
+        state.replicate(&myself);
         Ok(())
     }
 
@@ -684,6 +702,10 @@ impl Actor for AgentActor {
                 transition
             }
             AgentMsg::WrapUpDone { call_id } => agent.wrap_up_done(&call_id, now),
+            AgentMsg::CopyToHeir => {
+                state.copy_to_heir();
+                Transition::None
+            }
             AgentMsg::SetState {
                 state: requested,
                 reply,
@@ -702,7 +724,7 @@ impl Actor for AgentActor {
         };
         state.notify(transition);
         record_metrics(&before, &state.agent);
-        state.replicate();
+        state.replicate(&myself);
         Ok(())
     }
 }

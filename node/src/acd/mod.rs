@@ -139,6 +139,9 @@ pub enum AgentMsg {
     CallEnded { call_id: CallId },
     /// Wrap-up time elapsed (sent by the actor to itself).
     WrapUpDone { call_id: CallId },
+    /// Send the state to the agent's heir if it changed (sent by the actor to itself, a moment
+    /// after a change, so that a burst of changes costs one copy).
+    CopyToHeir,
     /// Operator request from the HTTP API.
     SetState {
         state: RequestedState,
@@ -310,6 +313,7 @@ impl TryFrom<AgentMsg> for WireAgentMsg {
             AgentMsg::OfferMissed { call_id, outcome } => Self::OfferMissed { call_id, outcome },
             AgentMsg::CallEnded { call_id } => Self::CallEnded { call_id },
             other @ (AgentMsg::WrapUpDone { .. }
+            | AgentMsg::CopyToHeir
             | AgentMsg::Reserve { .. }
             | AgentMsg::SetState { .. }
             | AgentMsg::Snapshot(_)) => return Err(other),

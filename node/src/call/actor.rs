@@ -270,7 +270,7 @@ impl Actor for CallActor {
         } else {
             state.resume(&myself);
         }
-        state.replicate();
+        state.replicate(&myself);
         Ok(())
     }
 
@@ -338,11 +338,12 @@ impl Actor for CallActor {
             CallMsg::Snapshot(reply) => answer(reply, state.snapshot()),
             CallMsg::Relinquish => state.relinquish(),
             CallMsg::HandOver => state.hand_over(&myself),
+            CallMsg::CopyToStandbys => state.copy_to_standbys(),
         }
         if state.phase == Phase::Done && state.strays.is_empty() {
             myself.stop(None);
         } else {
-            state.replicate();
+            state.replicate(&myself);
         }
         Ok(())
     }
@@ -1337,6 +1338,8 @@ impl CallState {
             return;
         }
         self.phase = Phase::Done;
+        // Answers to a take-over's re-INVITEs that come after the end change nothing.
+        self.resuming = None;
         let now = unix_ms();
         self.end_monitor(true);
         if self.record.answered_ms.is_some() {

@@ -100,6 +100,9 @@ pub enum CallMsg {
     Relinquish,
     /// This node is draining: give the call to its standby, keep relaying media meanwhile.
     HandOver,
+    /// Send the standbys a copy if the call changed (sent by the actor to itself, a moment after
+    /// a change, so that a burst of changes costs one copy).
+    CopyToStandbys,
 }
 
 /// The [`CallMsg`]s a queue sends, which cross the mesh when the queue lives on another node.

@@ -69,6 +69,8 @@ pub struct Failover {
 
 struct Inner {
     node_id: NodeId,
+    /// `[cluster] replicate_calls`.
+    replicate_calls: bool,
     mesh: Mesh,
     view: watch::Receiver<Arc<ClusterView>>,
     store: Mutex<Store>,
@@ -80,10 +82,16 @@ struct Inner {
 }
 
 impl Failover {
-    pub fn new(node_id: NodeId, mesh: Mesh, view: watch::Receiver<Arc<ClusterView>>) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        replicate_calls: bool,
+        mesh: Mesh,
+        view: watch::Receiver<Arc<ClusterView>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 node_id,
+                replicate_calls,
                 mesh,
                 view,
                 store: Mutex::default(),
@@ -100,6 +108,9 @@ impl Failover {
     /// The standbys of a call of this node, in take-over order (none when no other member is
     /// active).
     pub fn standbys_for(&self, call_id: &str) -> Vec<NodeId> {
+        if !self.inner.replicate_calls {
+            return Vec::new();
+        }
         self.inner
             .view
             .borrow()
@@ -206,9 +217,19 @@ impl Failover {
     pub async fn run(self, ctx: Arc<NodeContext>) {
         let mut view = self.inner.view.clone();
         let mut draining = false;
+        let mut active: Vec<NodeId> = Vec::new();
         loop {
             let current = Arc::clone(&view.borrow_and_update());
             self.follow(&ctx, &current, &mut draining);
+            // A standby that failed (or a member that joined) changes where copies go: every
+            // call checks its standbys.
+            let now_active: Vec<NodeId> = current.state.active_members().map(|m| m.id).collect();
+            if now_active != active {
+                if !active.is_empty() {
+                    tell_every_call(&ctx, || CallMsg::CopyToStandbys);
+                }
+                active = now_active;
+            }
             // Copies keep arriving for calls of members that have already failed (sent before
             // the owner died, delivered late): look again now and then, not only on changes.
             tokio::select! {

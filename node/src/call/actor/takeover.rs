@@ -26,6 +26,10 @@ use crate::cdr::{FailoverOutcome, FailoverRecord};
 const CSEQ_GAP: u32 = 1000;
 /// How long a draining node keeps relaying a handed-over call while its legs move.
 const HANDOVER_LINGER: Duration = Duration::from_secs(10);
+/// How long a change waits before it is copied: queueing, ringing and connecting often come
+/// within milliseconds and then cost one copy, and a call shorter than this costs none. A node
+/// that dies within it loses that change only (the standby works from the copy before).
+const COPY_DELAY: Duration = Duration::from_millis(50);
 
 /// What the owner knows of the call's copy.
 #[derive(Default)]
@@ -35,6 +39,8 @@ pub(super) struct Replication {
     version: u64,
     /// Digest of what the last copy held, to send a new one only on a change.
     digest: u64,
+    /// A `CopyToStandbys` is on its way.
+    pending: bool,
 }
 
 /// A take-over waiting for the answers to its re-INVITEs.
@@ -50,8 +56,23 @@ impl CallState {
         self.ctx.failover.as_ref().is_none_or(|f| f.may_act())
     }
 
-    /// Sends a copy to the standby if anything it needs changed since the last one.
-    pub(super) fn replicate(&mut self) {
+    /// Arranges a copy to the standbys if anything they need changed since the last one.
+    pub(super) fn replicate(&mut self, myself: &ActorRef<CallMsg>) {
+        if self.ctx.failover.is_none() || self.replication.pending {
+            return;
+        }
+        let Some(phase) = self.replica_phase() else {
+            return;
+        };
+        if self.digest(phase) != self.replication.digest {
+            self.replication.pending = true;
+            myself.send_after(COPY_DELAY, || CallMsg::CopyToStandbys);
+        }
+    }
+
+    /// Sends the standbys a copy if anything they need changed since the last one.
+    pub(super) fn copy_to_standbys(&mut self) {
+        self.replication.pending = false;
         let Some(failover) = self.ctx.failover.clone() else {
             return;
         };
