@@ -519,15 +519,11 @@ impl Run {
 /// STEP_MS`: in the order the offers reach it, each at least `STEP_MS` after the one before,
 /// so that the order of the answers in the records is the order in which the node offered.
 ///
-/// After the failure agents free up one at a time, `TALK_STEP_MS` apart: the talking calls
-/// end one after another a second after their take-over, the answered callers talk on, and an
-/// agent whose ringing offer the
-/// standby cancelled is not offered again (`max_missed_offers = 1`: the cancelled offer counts
-/// as missed). By then every caller that rang or waited is back in line, so each freed agent
-/// must go to the first of them in arrival order. (With the cancelled agents free at once,
-/// the standbys re-offer ten callers within milliseconds of each other, from two nodes and in
-/// the order their take-overs happen to run; which of ten simultaneous offers is answered
-/// first says nothing reliable about the queue's order.)
+/// After the failure the agents whose ringing offers the standby cancelled are free at once,
+/// and the talking calls end one after another, `TALK_STEP_MS` apart, a second after their
+/// take-over. Callers of the failed node hold their place in the queue until their standby has
+/// brought them back (even when two standbys do it in any order), so each freed agent must go
+/// to the first of them in arrival order.
 fn talking_ringing_queued(name: &str, failure: Failure) -> Run {
     const AGENTS: u32 = TALKERS + RINGING;
     let (mut cluster, roles) = start_with(name, AGENTS, |_| {});
@@ -710,14 +706,34 @@ fn talking_ringing_queued(name: &str, failure: Failure) -> Run {
     }
     let all: Vec<Cdr> = talking.iter().chain(&waiting).cloned().collect();
     assert_no_agent_overlap(&all);
-    let out_of_order: Vec<(&str, &str)> = waiting
+    // The queue decides the order: each caller's answered offer is made no earlier than the
+    // one of the caller before it. Offers made in the same burst reach call actors on two
+    // standby nodes a few milliseconds apart, and which phone answers first is then up to the
+    // phones, so a small skew is allowed; a caller passed over waits a whole round (an agent
+    // freeing up, or a take-over: tens of milliseconds or more).
+    const SAME_BURST_MS: u64 = 10;
+    let answered_offer = |c: &Cdr| {
+        c.offers
+            .iter()
+            .find(|o| o.outcome == "answered")
+            .map_or(u64::MAX, |o| o.offered_ms)
+    };
+    let out_of_order: Vec<(&str, &str, u64, u64)> = waiting
         .windows(2)
-        .filter(|p| p[0].answered_ms > p[1].answered_ms)
-        .map(|p| (p[0].caller_call_id.as_str(), p[1].caller_call_id.as_str()))
+        .filter(|p| answered_offer(&p[0]) > answered_offer(&p[1]) + SAME_BURST_MS)
+        .map(|p| {
+            (
+                p[0].caller_call_id.as_str(),
+                p[1].caller_call_id.as_str(),
+                answered_offer(&p[0]),
+                answered_offer(&p[1]),
+            )
+        })
         .collect();
     assert!(
         out_of_order.is_empty(),
-        "callers answered out of their arrival order (earlier, later): {out_of_order:?}"
+        "callers offered out of their arrival order (earlier, later, their offer times): \
+         {out_of_order:?}"
     );
     run
 }

@@ -34,6 +34,9 @@ const RESERVE_TIMEOUT: Duration = Duration::from_secs(2);
 const OFFER_GRACE_MS: u64 = 10_000;
 /// Period of the overflow and watchdog check.
 const TICK: Duration = Duration::from_secs(1);
+/// How long callers of a failed node hold their place for their standby (which takes them over
+/// about 100 ms after the failure is declared) before they are written off.
+const HOLD_FOR_TAKEOVER_MS: u64 = 3_000;
 /// How long an agent whose reservation went unanswered is left out before it is tried again.
 pub const RETRY_UNANSWERED: Duration = Duration::from_secs(1);
 
@@ -320,12 +323,23 @@ impl QueueState {
     /// The next caller to offer (best place in line among those not already ringing an agent) and
     /// the agent to offer it to (longest idle). Changes nothing.
     pub fn next_pairing(&self) -> Option<(CallId, AgentId)> {
+        self.next_pairing_holding(|_| false)
+    }
+
+    /// Like [`QueueState::next_pairing`], but a caller for which `held` is true holds the line
+    /// from its place on: nobody behind it is paired until it is released. For callers coming
+    /// back from the standby of a failed node, whose place must not go to those behind them.
+    pub fn next_pairing_holding(&self, held: impl Fn(&str) -> bool) -> Option<(CallId, AgentId)> {
         let agent = self.available.first()?;
-        let place = self
-            .line
-            .iter()
-            .find(|p| !self.offers.contains_key(&p.call_id))?;
-        Some((place.call_id.clone(), agent.agent_id.clone()))
+        for place in &self.line {
+            if held(&place.call_id) {
+                return None;
+            }
+            if !self.offers.contains_key(&place.call_id) {
+                return Some((place.call_id.clone(), agent.agent_id.clone()));
+            }
+        }
+        None
     }
 
     /// Records an offer the agent has accepted to be reserved for; the agent leaves the
@@ -478,6 +492,9 @@ pub struct QueueActorState {
     overflow: Overflow,
     /// Where the call actors of waiting callers live (this node or another).
     calls: HashMap<CallId, CallAddr>,
+    /// Callers of a failed node, since when (Unix ms): they hold their place while their
+    /// standby takes them over.
+    held_since: HashMap<CallId, u64>,
     /// Agent actors by extension, for reservations and relayed outcomes.
     agents: Directory<String, AgentMsg>,
     postman: Postman,
@@ -526,7 +543,15 @@ impl QueueActorState {
         if !self.fence.can_act() {
             return;
         }
-        while let Some((call_id, agent_id)) = self.queue.next_pairing() {
+        loop {
+            // Callers of a failed node hold their place until their standby has taken them
+            // over (it re-joins the queue, or reports their ringing offer failed, from its own
+            // address); `tick` drops those that never come back.
+            let (calls, fence) = (&self.calls, &self.fence);
+            let held = |call_id: &str| calls.get(call_id).is_some_and(|c| fence.has_failed(c.node));
+            let Some((call_id, agent_id)) = self.queue.next_pairing_holding(held) else {
+                break;
+            };
             let Some(agent) = self.agents.get(&agent_id) else {
                 self.queue.agent_unavailable(&agent_id);
                 continue;
@@ -651,6 +676,23 @@ impl QueueActorState {
 
     fn tick(&mut self) {
         let now = unix_ms();
+        // Callers of a failed node that no standby brought back are lost.
+        let failed: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| self.fence.has_failed(call.node))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.held_since.retain(|id, _| failed.contains(id));
+        for call_id in failed {
+            let since = *self.held_since.entry(call_id.clone()).or_insert(now);
+            if now.saturating_sub(since) > HOLD_FOR_TAKEOVER_MS {
+                tracing::warn!(queue = %self.queue.name, call = %call_id,
+                    "caller of a failed node not taken over; removing");
+                self.held_since.remove(&call_id);
+                self.call_gone(&call_id);
+            }
+        }
         // Only calls on this node can be seen to die; a remote caller that vanished is written
         // off by the offer watchdog below or by overflow.
         let dead: Vec<CallId> = self
@@ -726,6 +768,7 @@ impl Actor for QueueActor {
             queue,
             overflow: config.overflow,
             calls: HashMap::new(),
+            held_since: HashMap::new(),
             agents,
             postman,
             fence,
@@ -865,6 +908,30 @@ mod tests {
         assert_eq!(order, ["high-old", "high-same-time", "high-new", "low-old"]);
         assert_eq!(q.waiting(), 0);
         assert_eq!(q.counters.answered, 4);
+    }
+
+    #[test]
+    fn a_held_caller_keeps_everyone_behind_it_waiting() {
+        let mut q = QueueState::new(&config());
+        q.enqueue("first".into(), 0, 100, 100);
+        q.enqueue("second".into(), 0, 200, 200);
+        q.enqueue("third".into(), 0, 300, 300);
+        q.agent_available("a".into(), 0);
+        // "second" rings an agent of a node that failed: it keeps its offer, and holds the line.
+        assert!(q.begin_offer("second", "b".into(), 400));
+        let failed = |call: &str| call == "second";
+        assert_eq!(q.next_pairing_holding(failed), pair("first", "a"));
+        assert!(q.begin_offer("first", "a".into(), 401));
+        q.agent_available("c".into(), 0);
+        assert_eq!(
+            q.next_pairing_holding(failed),
+            None,
+            "third must not pass second"
+        );
+        assert_eq!(q.next_pairing(), pair("third", "c"));
+        // Its standby reported the offer failed: second is next again, before third.
+        assert!(q.end_offer("second", "b", OfferOutcome::Failed, 500));
+        assert_eq!(q.next_pairing_holding(|_| false), pair("second", "c"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_cluster::Directory;
 use switchyard_cluster::mesh::{Mesh, MeshError};
 use switchyard_cluster::raft::ClusterView;
-use switchyard_cluster::state::{ActorKey, NodeId};
+use switchyard_cluster::state::{ActorKey, MemberStatus, NodeId};
 use tokio::sync::watch;
 
 use crate::acd::{AgentMsg, QueueMsg};
@@ -153,6 +153,21 @@ impl Fence {
             epoch,
             not_before,
         }))
+    }
+
+    /// Whether `node` was declared failed (or removed): its calls are being taken over by
+    /// their standbys and reached at their new node only once those report.
+    pub fn has_failed(&self, node: NodeId) -> bool {
+        let Some(placed) = &self.0 else {
+            return false;
+        };
+        placed
+            .view
+            .borrow()
+            .state
+            .members
+            .get(&node)
+            .is_some_and(|m| matches!(m.status, MemberStatus::Failed | MemberStatus::Removed))
     }
 
     pub fn can_act(&self) -> bool {
