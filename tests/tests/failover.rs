@@ -10,6 +10,9 @@
 //!
 //! The SIPp scenarios `caller_failover.xml` and `agent_failover.xml` follow the remote target
 //! (Contact) and answer requests at their Via, as a phone does, so they notice a dead node.
+//! `agent_refuse_reinvite.xml` refuses the take-over (488) and `caller_failover_dropped.xml`
+//! waits for the standby's BYE, for a take-over that fails; further tests check that agents
+//! homed on the failed node keep their state and that a recording continues on the standby.
 //!
 //! The tests of this file run one at a time: each runs three nodes, up to 80 SIPp callers and
 //! a phone answering up to 90 offers, and the failure detector's 1-1.5 s must not fire on a
@@ -208,9 +211,22 @@ fn phones(
     extensions: &[String],
     plan: &PhonePlan,
 ) -> SippProcess {
-    let node = cluster.node(id);
-    let phone = phone_sipp(node, plan);
-    node.register_agents(extensions, phone.local_port);
+    let phone = phone_sipp(cluster.node(id), plan);
+    register_phone(cluster, id, seen_from, extensions, phone)
+}
+
+/// Registers `extensions` at node `id` with `phone` (an agent phone SIPp already running) and
+/// waits until node `seen_from` sees each of them available.
+fn register_phone(
+    cluster: &Cluster,
+    id: u64,
+    seen_from: u64,
+    extensions: &[String],
+    phone: SippProcess,
+) -> SippProcess {
+    cluster
+        .node(id)
+        .register_agents(extensions, phone.local_port);
     for ext in extensions {
         poll(
             Duration::from_secs(20),
@@ -1303,6 +1319,612 @@ fn draining_a_node_hands_its_calls_over() {
             .iter()
             .map(|c| c.node.as_str())
             .collect::<BTreeSet<_>>(),
+        began.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A whole site cut off
+
+/// Five nodes on three sites (`docs/operations/sites.md`): site-a {1, 3}, site-b {2, 4} and a
+/// witness, node 5, on site-c. Calls arrive at a node of the site that does not hold the Raft
+/// leader, so each has one standby on its own site (cut off with it) and one on another; that
+/// whole site is cut off from the rest (cluster traffic only: phones still reach every node).
+/// The majority declares both of its nodes failed and the standbys on the other sites take
+/// every call over; when the site comes back, its nodes let go of the calls they held, so
+/// nothing is owned twice.
+#[test]
+fn calls_survive_the_loss_of_their_site() {
+    const CALLS: u32 = 20;
+    let _serial = serial();
+    common::cluster::check_iptables();
+    let began = Instant::now();
+    let mut options = ClusterOptions::new(5);
+    options.sites = ["site-a", "site-b", "site-a", "site-b", "site-c"]
+        .map(String::from)
+        .to_vec();
+    options.node.agents = format!("2001-{}", 2000 + CALLS);
+    options.node.rtp_ports = 400;
+    let mut cluster = Cluster::with("failover-site", options);
+    let leader = cluster.wait_leader(Duration::from_secs(30)).node_id;
+    // The site cut off is the one of a and b without the leader: no election needed.
+    let lost: [u64; 2] = if [1, 3].contains(&leader) {
+        [2, 4]
+    } else {
+        [1, 3]
+    };
+    let kept: Vec<u64> = (1..=5).filter(|n| !lost.contains(n)).collect();
+    let a = lost[0];
+    let registrar = kept[0];
+    eprintln!(
+        "[test] leader node {leader}; site of nodes {lost:?} will be cut off; calls go to node \
+         {a}; phones register at node {registrar}"
+    );
+    poll(
+        Duration::from_secs(30),
+        "every node agrees on the placement",
+        || {
+            let first = placement(&cluster, 1)?;
+            if first.len() != cluster.options.actors() {
+                return Err(format!("{} actors placed", first.len()));
+            }
+            for id in 2..=5 {
+                if placement(&cluster, id)? != first {
+                    return Err(format!("node {id} disagrees with node 1"));
+                }
+            }
+            Ok(())
+        },
+    );
+    let phone = phones(
+        &cluster,
+        registrar,
+        a,
+        &Node::extensions(2001, CALLS),
+        &PhonePlan::plain(CALLS, ANSWER_MS),
+    );
+    let (talkers, ids) = callers(
+        cluster.node(a),
+        "talkers",
+        &CallerPlan {
+            calls: CALLS,
+            rate: 10.0,
+            wait_ms: 30_000,
+            expect_reinvite: true,
+            talk_ms: 1000,
+            talk_step_ms: 100,
+        },
+    );
+    wait_call_states(&cluster, a, &[("connected", CALLS as usize)]);
+    // Let the copies reach the standbys.
+    std::thread::sleep(Duration::from_secs(1));
+
+    eprintln!("[test] cutting site {lost:?} off from {kept:?}");
+    let cut_at = Instant::now();
+    let cut = cluster.partition(&lost, &kept);
+    for &node in &lost {
+        wait_declared_failed(&cluster, &kept, node, cut_at);
+    }
+    talkers.expect_success_with(cluster.node(registrar));
+    eprintln!(
+        "[test] every caller finished {:?} after the cut",
+        cut_at.elapsed()
+    );
+    let by_call = wait_records(&cluster, &kept, &ids);
+    let records = resumed_records(&by_call, &ids, a);
+    assert_no_agent_overlap(&records);
+    drop(phone);
+
+    // The site comes back: its nodes rejoin and hold none of the calls.
+    drop(cut);
+    for &node in &lost {
+        poll(
+            Duration::from_secs(30),
+            &format!("node {node} active again and holding no calls"),
+            || {
+                let status = cluster.try_status(leader)?;
+                let m = status
+                    .member(node)
+                    .ok_or_else(|| format!("node {node} is not a member"))?;
+                if !m.status_is("active") {
+                    return Err(format!("leader sees {m:?}"));
+                }
+                let states = call_states(&cluster, node)?;
+                if states.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("node {node} holds {states:?}"))
+                }
+            },
+        );
+    }
+    let everywhere = group(records_on(&cluster, &[1, 2, 3, 4, 5]));
+    for id in &ids {
+        let live: Vec<&(u64, Cdr)> = everywhere[id]
+            .iter()
+            .filter(|(_, c)| outcome(c).as_deref() != Some("dropped"))
+            .collect();
+        assert_eq!(live.len(), 1, "call {id}: one live record: {live:#?}");
+        assert!(
+            !lost.contains(&live[0].0),
+            "call {id}: a node of the lost site kept it: {live:#?}"
+        );
+    }
+    eprintln!("[test] site loss handled in {:?}", began.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A refused take-over, agents' state, recordings
+
+/// SIPp callers dialling node `node` with `scenario` (one without variables); returns the run
+/// and the SIP Call-IDs of its calls, as [`callers`] does.
+fn scenario_callers(
+    node: &Node,
+    label: &str,
+    scenario: &str,
+    calls: u32,
+) -> (SippProcess, Vec<String>) {
+    let run = node
+        .sipp(label, scenario)
+        .calls(calls)
+        .rate(10.0)
+        .limit(calls)
+        .timeout_secs(90)
+        .spawn();
+    let pid = run.pid();
+    let ids = (1..=calls)
+        .map(|n| format!("{n}-{pid}@127.0.0.1"))
+        .collect();
+    (run, ids)
+}
+
+/// `failover_calls_total{outcome="<outcome>"}` in node `id`'s `/metrics` (0 when absent).
+fn failover_count(cluster: &Cluster, id: u64, outcome: &str) -> u64 {
+    let resp = http::get(cluster.http(id), "/metrics", Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("node {id}: GET /metrics: {e}"));
+    assert_eq!(resp.status, 200, "node {id}: GET /metrics: {}", resp.text());
+    let label = format!("outcome=\"{outcome}\"");
+    resp.text()
+        .lines()
+        .filter(|l| l.starts_with("failover_calls_total{") && l.contains(&label))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("node {id}: unreadable metric line {l:?}"))
+                as u64
+        })
+        .sum()
+}
+
+/// `GET /v1/agents/{ext}` on node `id`.
+fn agent_on(cluster: &Cluster, id: u64, ext: &str) -> Result<Value, String> {
+    get_json(cluster, id, &format!("/v1/agents/{ext}"))
+}
+
+/// The seconds of audio in a stereo 8 kHz 16-bit WAV file (its `data` chunk, as far as the
+/// file holds it); `None` if the file is missing or not such a WAV.
+fn wav_seconds(path: &std::path::Path) -> Option<f64> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.get(..4)? != b"RIFF" || bytes.get(8..12)? != b"WAVE" {
+        return None;
+    }
+    let mut at = 12;
+    let mut format_ok = false;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().ok()?) as usize;
+        if id == b"fmt " {
+            let body = bytes.get(at + 8..at + 8 + len)?;
+            let channels = u16::from_le_bytes([*body.get(2)?, *body.get(3)?]);
+            let rate = u32::from_le_bytes(body.get(4..8)?.try_into().ok()?);
+            let bits = u16::from_le_bytes([*body.get(14)?, *body.get(15)?]);
+            format_ok = (channels, rate, bits) == (2, 8000, 16);
+        } else if id == b"data" {
+            if !format_ok {
+                return None;
+            }
+            let held = len.min(bytes.len() - (at + 8));
+            return Some(held as f64 / 4.0 / 8000.0);
+        }
+        at += 8 + len + (len & 1);
+    }
+    None
+}
+
+/// A take-over refused by one leg (the agent's phone answers the re-INVITE with 488): the
+/// standby ends the call on both legs (ACK of the 488, then a BYE to each; the caller's
+/// re-INVITE was accepted) and records it as `dropped`, hung up by the system.
+#[test]
+fn a_leg_refusing_the_takeover_ends_the_call_cleanly() {
+    const CALLS: u32 = 4;
+    let _serial = serial();
+    let began = Instant::now();
+    let (mut cluster, roles) = start("failover-refuse", CALLS);
+    let Roles { a, b, .. } = roles;
+    let survivors = roles.survivors();
+    let phone = cluster
+        .node(b)
+        .sipp("agents", "agent_refuse_reinvite.xml")
+        .server()
+        .calls(CALLS)
+        .timeout_secs(90)
+        .spawn();
+    let phone = register_phone(&cluster, b, a, &Node::extensions(2001, CALLS), phone);
+    let (callers, ids) = scenario_callers(
+        cluster.node(a),
+        "callers",
+        "caller_failover_dropped.xml",
+        CALLS,
+    );
+    wait_call_states(&cluster, a, &[("connected", CALLS as usize)]);
+    // Let the copies reach the standbys.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let failed_at = Instant::now();
+    let failed_at_ms = epoch_ms();
+    eprintln!("[test] kill -9 node {a}");
+    cluster.kill9(a);
+    wait_declared_failed(&cluster, &survivors, a, failed_at);
+    // Both legs of every call end: each caller accepted the re-INVITE and got a BYE, each
+    // agent phone refused it, got the 488 acknowledged and then a BYE.
+    callers.expect_success_with(cluster.node(b));
+    phone.expect_success_with(cluster.node(b));
+    eprintln!(
+        "[test] both legs of every call ended {:?} after node {a} failed",
+        failed_at.elapsed()
+    );
+
+    let by_call = wait_records(&cluster, &survivors, &ids);
+    let mut records = Vec::new();
+    for id in &ids {
+        let found = &by_call[id];
+        assert_eq!(
+            found.len(),
+            1,
+            "call {id}: one record expected on the survivors: {found:#?}"
+        );
+        let (node, cdr) = &found[0];
+        cdr.check_invariants();
+        assert_eq!(cdr.disposition, "answered", "node {node}: {cdr:#?}");
+        assert_eq!(cdr.hangup_by, "system", "node {node}: {cdr:#?}");
+        assert!(
+            cdr.answered_ms.is_some_and(|t| t < failed_at_ms),
+            "the call was answered before node {a} failed: {cdr:#?}"
+        );
+        let (from_node, at_ms, outcome) =
+            failover_of(cdr).unwrap_or_else(|| panic!("node {node}: no `failover` in {cdr:#?}"));
+        assert_eq!(outcome, "dropped", "node {node}: {cdr:#?}");
+        assert!(
+            names_node(&from_node, a),
+            "failover.from_node should be {a}: node {node}: {cdr:#?}"
+        );
+        assert!(
+            at_ms >= failed_at_ms && at_ms <= cdr.ended_ms,
+            "failover.at_ms between the failure and the end of the call: node {node}: {cdr:#?}"
+        );
+        records.push(cdr.clone());
+    }
+    assert_no_agent_overlap(&records);
+
+    let count = |outcome: &str| -> u64 {
+        survivors
+            .iter()
+            .map(|&id| failover_count(&cluster, id, outcome))
+            .sum()
+    };
+    assert_eq!(
+        count("dropped"),
+        u64::from(CALLS),
+        "failover_calls_total{{outcome=\"dropped\"}} over nodes {survivors:?}"
+    );
+    assert_eq!(
+        count("resumed"),
+        0,
+        "failover_calls_total{{outcome=\"resumed\"}} over nodes {survivors:?}"
+    );
+    eprintln!(
+        "[test] {CALLS} refused take-overs dropped cleanly; {:?} in all",
+        began.elapsed()
+    );
+}
+
+/// Agents homed on the failed node restart on their new home as they were, from the copy
+/// their old home sent their heir: one not ready (with its reason) stays not ready, one on a
+/// call stays on it until the taken-over call ends, then wraps up and becomes available.
+#[test]
+fn agents_keep_their_state_across_a_failure() {
+    // Enough agents that several are homed on node A.
+    const AGENTS: u32 = 30;
+    const WRAP_UP_SECS: u64 = 5;
+    let _serial = serial();
+    let began = Instant::now();
+    let (mut cluster, roles) = start_with("failover-agents", AGENTS, |c| {
+        c.wrap_up_secs = WRAP_UP_SECS;
+    });
+    let Roles { a, b, .. } = roles;
+    let survivors = roles.survivors();
+    let placed = placement(&cluster, b).unwrap_or_else(|e| panic!("{e}"));
+    let on_a: Vec<String> = placed
+        .iter()
+        .filter(|(_, p)| p.node == a)
+        .filter_map(|(k, _)| k.strip_prefix("agent/").map(str::to_owned))
+        .collect();
+    assert!(
+        on_a.len() >= 2,
+        "two agents homed on node {a} needed, it has {on_a:?}"
+    );
+    let (resting, talking) = (on_a[0].clone(), on_a[1].clone());
+    eprintln!("[test] agents {resting} (not ready) and {talking} (on a call), homed on node {a}");
+    // Only these two have a phone: the call can only go to `talking`.
+    let phone = phones(
+        &cluster,
+        b,
+        a,
+        &[resting.clone(), talking.clone()],
+        &PhonePlan::plain(1, ANSWER_MS),
+    );
+
+    let resp = http::send_json(
+        cluster.http(a),
+        "PUT",
+        &format!("/v1/agents/{resting}/state"),
+        r#"{"state":"not-ready","reason":"break"}"#,
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| panic!("PUT /v1/agents/{resting}/state: {e}"));
+    assert_eq!(
+        resp.status,
+        200,
+        "PUT /v1/agents/{resting}/state: {}",
+        resp.text()
+    );
+    let not_ready = |agent: &Value| agent["status"] == "not-ready" && agent["reason"] == "break";
+    poll(
+        Duration::from_secs(5),
+        &format!("agent {resting} not ready (break) as node {a} sees it"),
+        || {
+            let agent = agent_on(&cluster, a, &resting)?;
+            if not_ready(&agent) {
+                Ok(())
+            } else {
+                Err(agent.to_string())
+            }
+        },
+    );
+
+    // The call talks 8 s after its take-over: time for the agents to move and be looked at.
+    let (talker, ids) = callers(
+        cluster.node(a),
+        "talker",
+        &CallerPlan {
+            calls: 1,
+            rate: 1.0,
+            wait_ms: 30_000,
+            expect_reinvite: true,
+            talk_ms: 8000,
+            talk_step_ms: 0,
+        },
+    );
+    wait_call_states(&cluster, a, &[("connected", 1)]);
+    let call_id = poll(
+        Duration::from_secs(5),
+        &format!("agent {talking} on the call as node {a} sees it"),
+        || {
+            let agent = agent_on(&cluster, a, &talking)?;
+            match agent["call_id"].as_str() {
+                Some(id) if agent["status"] == "on-call" => Ok(id.to_owned()),
+                _ => Err(agent.to_string()),
+            }
+        },
+    );
+    // Copies go 50 ms after a change: let them reach the heirs.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let failed_at = Instant::now();
+    eprintln!("[test] kill -9 node {a}");
+    cluster.kill9(a);
+    wait_declared_failed(&cluster, &survivors, a, failed_at);
+    poll(
+        Duration::from_secs(20),
+        &format!("agents {resting} and {talking} moved off node {a}"),
+        || {
+            let placed = placement(&cluster, b)?;
+            for ext in [&resting, &talking] {
+                let p = placed
+                    .get(&format!("agent/{ext}"))
+                    .ok_or_else(|| format!("agent {ext} not placed"))?;
+                if p.node == a {
+                    return Err(format!("agent {ext} still on node {a}"));
+                }
+                for &id in &survivors {
+                    agent_on(&cluster, id, ext)?;
+                }
+            }
+            Ok(())
+        },
+    );
+    eprintln!(
+        "[test] agents moved {:?} after node {a} failed",
+        failed_at.elapsed()
+    );
+    for &id in &survivors {
+        let agent = agent_on(&cluster, id, &resting).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            not_ready(&agent),
+            "agent {resting} is still not ready (break) after its move, as node {id} sees it: \
+             {agent}"
+        );
+        let agent = agent_on(&cluster, id, &talking).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            agent["status"] == "on-call" && agent["call_id"] == call_id.as_str(),
+            "agent {talking} is still on call {call_id} after its move, as node {id} sees it: \
+             {agent}"
+        );
+    }
+
+    // The taken-over call ends: the agent wraps up (WRAP_UP_SECS), then is available.
+    let after_call = poll(
+        Duration::from_secs(30),
+        &format!("agent {talking} off its call"),
+        || {
+            let agent = agent_on(&cluster, b, &talking)?;
+            if agent["status"] == "on-call" {
+                Err(agent.to_string())
+            } else {
+                Ok(agent)
+            }
+        },
+    );
+    let ended_at = Instant::now();
+    assert!(
+        after_call["status"] == "wrap-up" && after_call["call_id"] == call_id.as_str(),
+        "agent {talking} wraps up call {call_id} after it: {after_call}"
+    );
+    talker.expect_success_with(cluster.node(b));
+    phone.expect_success_with(cluster.node(b));
+    poll(
+        Duration::from_secs(WRAP_UP_SECS + 5),
+        &format!("agent {talking} available after its wrap-up"),
+        || {
+            let agent = agent_on(&cluster, b, &talking)?;
+            if agent["status"] == "available" {
+                Ok(())
+            } else {
+                Err(agent.to_string())
+            }
+        },
+    );
+    let wrapped = ended_at.elapsed();
+    assert!(
+        wrapped >= Duration::from_secs(WRAP_UP_SECS - 1),
+        "agent {talking} available only after its wrap-up ({WRAP_UP_SECS} s), not {wrapped:?}"
+    );
+    let agent = agent_on(&cluster, b, &resting).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        not_ready(&agent),
+        "agent {resting} still not ready (break) at the end: {agent}"
+    );
+
+    let by_call = wait_records(&cluster, &survivors, &ids);
+    let records = resumed_records(&by_call, &ids, a);
+    assert_eq!(
+        records[0].agent.as_deref(),
+        Some(talking.as_str()),
+        "{:#?}",
+        records[0]
+    );
+    eprintln!(
+        "[test] agents kept their state; {:?} in all",
+        began.elapsed()
+    );
+}
+
+/// A recorded call taken over goes on being recorded by the standby, in `<id>-2.wav` under
+/// its recordings, named in `failover.recording_segments`; the first part stays where the
+/// failed node wrote it, a valid file holding what it had written.
+#[test]
+fn recording_continues_in_a_new_segment_after_a_takeover() {
+    const CALLS: u32 = 3;
+    let _serial = serial();
+    let began = Instant::now();
+    let (mut cluster, roles) = start_with("failover-record", CALLS, |c| c.record = Some(true));
+    let Roles { a, b, .. } = roles;
+    let survivors = roles.survivors();
+    let phone = phones(
+        &cluster,
+        b,
+        a,
+        &Node::extensions(2001, CALLS),
+        &PhonePlan::plain(CALLS, ANSWER_MS),
+    );
+    let (talkers, ids) = callers(
+        cluster.node(a),
+        "talkers",
+        &CallerPlan {
+            calls: CALLS,
+            rate: 10.0,
+            wait_ms: 30_000,
+            expect_reinvite: true,
+            talk_ms: 2000,
+            talk_step_ms: 200,
+        },
+    );
+    wait_call_states(&cluster, a, &[("connected", CALLS as usize)]);
+    // Two seconds recorded on node A: its writer has flushed at least one whole second.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let failed_at = Instant::now();
+    eprintln!("[test] kill -9 node {a}");
+    cluster.kill9(a);
+    wait_declared_failed(&cluster, &survivors, a, failed_at);
+    talkers.expect_success_with(cluster.node(b));
+    phone.expect_success_with(cluster.node(b));
+
+    let by_call = wait_records(&cluster, &survivors, &ids);
+    let records = resumed_records(&by_call, &ids, a);
+    let a_dir = cluster.node(a).data_dir.clone();
+    for cdr in &records {
+        let standby = by_call[&cdr.caller_call_id][0].0;
+        let first = cdr
+            .recording
+            .as_deref()
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| panic!("no `recording` in {cdr:#?}"));
+        assert!(
+            first.starts_with(a_dir.join("recordings"))
+                && first.file_name().and_then(|n| n.to_str())
+                    == Some(format!("{}.wav", cdr.id).as_str()),
+            "the first part is node {a}'s <id>.wav (data dir {}): {cdr:#?}",
+            a_dir.display()
+        );
+        let seconds = wav_seconds(&first);
+        assert!(
+            seconds.is_some_and(|s| s >= 0.99),
+            "node {a}'s part {} is a valid WAV with at least the first second: {seconds:?}",
+            first.display()
+        );
+
+        let failover = cdr.failover.as_ref().expect("checked by resumed_records");
+        let segments: Vec<&str> = failover["recording_segments"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            segments.len(),
+            1,
+            "one more recording segment, from node {standby}: {cdr:#?}"
+        );
+        let segment = std::path::PathBuf::from(segments[0]);
+        let standby_dir = &cluster.node(standby).data_dir;
+        assert!(
+            segment.starts_with(standby_dir.join("recordings"))
+                && segment.file_name().and_then(|n| n.to_str())
+                    == Some(format!("{}-2.wav", cdr.id).as_str()),
+            "the segment is node {standby}'s <id>-2.wav (data dir {}): {cdr:#?}",
+            standby_dir.display()
+        );
+        // The writer closes the file just after the call ends; the call talked 2 s or more
+        // on the standby.
+        let seconds = poll(
+            Duration::from_secs(5),
+            &format!("segment {} readable", segment.display()),
+            || match wav_seconds(&segment) {
+                Some(s) if s >= 1.5 => Ok(s),
+                other => Err(format!("{other:?} s")),
+            },
+        );
+        let len = std::fs::metadata(&segment).map_or(0, |m| m.len());
+        assert!(len > 44, "segment {} has {len} bytes", segment.display());
+        eprintln!(
+            "[test] call {}: {} on node {a}, {seconds:.2} s in {} on node {standby}",
+            cdr.id,
+            first.display(),
+            segment.display()
+        );
+    }
+    eprintln!(
+        "[test] recordings continued on the standbys; {:?} in all",
         began.elapsed()
     );
 }

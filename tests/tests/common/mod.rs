@@ -290,6 +290,8 @@ pub struct NodeConfig {
     pub max_missed_offers: u32,
     pub max_wait_secs: u64,
     pub wrap_up_secs: u64,
+    /// The queue's `record`; the node's default (recording) when `None`.
+    pub record: Option<bool>,
     /// `[[agents]] extensions`, e.g. `"2001-2100"`.
     pub agents: String,
     pub available_on_register: bool,
@@ -359,6 +361,7 @@ impl Default for NodeConfig {
             max_missed_offers: 3,
             max_wait_secs: 300,
             wrap_up_secs: 0,
+            record: None,
             agents: "2001-2100".into(),
             available_on_register: true,
             min_expires: 60,
@@ -856,7 +859,7 @@ max_missed_offers = {max_missed}
 max_wait_secs = {max_wait}
 overflow = {{ action = "goodbye" }}
 wrap_up_secs = {wrap_up}
-
+{record}
 [[did]]
 number = "1000"
 queue = "support"
@@ -879,6 +882,10 @@ available_on_register = {available}
         max_missed = cfg.max_missed_offers,
         max_wait = cfg.max_wait_secs,
         wrap_up = cfg.wrap_up_secs,
+        record = cfg
+            .record
+            .map(|r| format!("record = {r}\n"))
+            .unwrap_or_default(),
         agents = cfg.agents,
         available = cfg.available_on_register,
         extra = cfg.extra,
