@@ -1878,10 +1878,11 @@ fn recording_continues_in_a_new_segment_after_a_takeover() {
             "the first part is node {a}'s <id>.wav (data dir {}): {cdr:#?}",
             a_dir.display()
         );
-        let seconds = wav_seconds(&first);
+        let first_seconds = wav_seconds(&first);
         assert!(
-            seconds.is_some_and(|s| s >= 0.99),
-            "node {a}'s part {} is a valid WAV with at least the first second: {seconds:?}",
+            first_seconds.is_some_and(|s| s >= 0.99),
+            "node {a}'s part {} is a valid WAV with at least the first second: \
+             {first_seconds:?}",
             first.display()
         );
 
@@ -1917,8 +1918,9 @@ fn recording_continues_in_a_new_segment_after_a_takeover() {
         let len = std::fs::metadata(&segment).map_or(0, |m| m.len());
         assert!(len > 44, "segment {} has {len} bytes", segment.display());
         eprintln!(
-            "[test] call {}: {} on node {a}, {seconds:.2} s in {} on node {standby}",
+            "[test] call {}: {:.2} s in {} on node {a}, {seconds:.2} s in {} on node {standby}",
             cdr.id,
+            first_seconds.unwrap_or_default(),
             first.display(),
             segment.display()
         );

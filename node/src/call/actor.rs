@@ -1320,6 +1320,28 @@ impl CallState {
         }
     }
 
+    /// Frees the call's media endpoints and SIP routes.
+    fn release_all(&mut self) {
+        if let Some(leg) = self.supervisor.take() {
+            self.ctx.media.stop_monitor(leg.ringing.endpoint.id);
+            self.release_endpoint(Some(leg.ringing.endpoint));
+            self.sip(Command::Release {
+                sip_call_id: leg.ringing.sip_call_id,
+            });
+        }
+        let caller = self.caller.endpoint.take();
+        self.release_endpoint(caller);
+        self.sip(Command::Release {
+            sip_call_id: self.record.caller_call_id.clone(),
+        });
+        if let Some(mut leg) = self.agent.take() {
+            self.release_endpoint(leg.endpoint.take());
+            self.sip(Command::Release {
+                sip_call_id: leg.sip_call_id,
+            });
+        }
+    }
+
     fn release_endpoint(&self, endpoint: Option<Endpoint>) {
         if let Some(ep) = endpoint {
             self.ctx.media.release(ep.id);
@@ -1347,23 +1369,14 @@ impl CallState {
             self.record.agent_rtp =
                 self.rtp_stats(self.agent.as_ref().and_then(|a| a.endpoint.as_ref()));
         }
-        let caller_endpoint = self.caller.endpoint.take();
-        self.release_endpoint(caller_endpoint);
-        self.sip(Command::Release {
-            sip_call_id: self.record.caller_call_id.clone(),
-        });
-        if let Some(mut leg) = self.agent.take() {
-            self.release_endpoint(leg.endpoint.take());
-            self.sip(Command::Release {
-                sip_call_id: leg.sip_call_id.clone(),
+        let agent_id = self.agent.as_ref().map(|leg| leg.agent_id.clone());
+        self.release_all();
+        if disposition == Disposition::Answered
+            && let Some(agent) = agent_id.and_then(|id| self.ctx.agents.get(&id))
+        {
+            let _ = agent.cast(AgentMsg::CallEnded {
+                call_id: self.record.id.clone(),
             });
-            if disposition == Disposition::Answered
-                && let Some(agent) = self.ctx.agents.get(&leg.agent_id)
-            {
-                let _ = agent.cast(AgentMsg::CallEnded {
-                    call_id: self.record.id.clone(),
-                });
-            }
         }
         let r = &mut self.record;
         r.ended_ms = now;

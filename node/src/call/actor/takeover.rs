@@ -628,28 +628,6 @@ impl CallState {
         self.replication.standbys.clear();
         myself.send_after(HANDOVER_LINGER, || CallMsg::Relinquish);
     }
-
-    /// Frees the call's media endpoints and SIP routes.
-    fn release_all(&mut self) {
-        if let Some(leg) = self.supervisor.take() {
-            self.ctx.media.stop_monitor(leg.ringing.endpoint.id);
-            self.release_endpoint(Some(leg.ringing.endpoint));
-            self.sip(Command::Release {
-                sip_call_id: leg.ringing.sip_call_id,
-            });
-        }
-        let caller = self.caller.endpoint.take();
-        self.release_endpoint(caller);
-        self.sip(Command::Release {
-            sip_call_id: self.record.caller_call_id.clone(),
-        });
-        if let Some(mut leg) = self.agent.take() {
-            self.release_endpoint(leg.endpoint.take());
-            self.sip(Command::Release {
-                sip_call_id: leg.sip_call_id,
-            });
-        }
-    }
 }
 
 /// Sends a target-refresh re-INVITE with our new Contact and `offer` in `dialog`, its CSeq
