@@ -444,6 +444,8 @@ pub struct AgentSnapshot {
 pub struct QueuePolicy {
     pub wrap_up_secs: u64,
     pub max_missed_offers: u32,
+    /// How long an offer from the queue rings before the call gives up on it.
+    pub offer_timeout_secs: u64,
 }
 
 impl From<&QueueConfig> for QueuePolicy {
@@ -451,9 +453,14 @@ impl From<&QueueConfig> for QueuePolicy {
         Self {
             wrap_up_secs: q.wrap_up_secs,
             max_missed_offers: q.max_missed_offers,
+            offer_timeout_secs: q.offer_timeout_secs,
         }
     }
 }
+
+/// Past its queue's offer timeout, an offer has ended one way or another: a restored agent
+/// still offered by then lost the outcome with its failed home.
+const RESTORED_OFFER_GRACE: Duration = Duration::from_secs(2);
 
 /// Thin actor around [`AgentState`].
 pub struct AgentActor;
@@ -534,6 +541,7 @@ impl AgentActorState {
             .unwrap_or(QueuePolicy {
                 wrap_up_secs: 0,
                 max_missed_offers: 0,
+                offer_timeout_secs: 0,
             })
     }
 
@@ -621,6 +629,16 @@ impl Actor for AgentActor {
             AgentStatus::Available => state.notify(Transition::Available {
                 idle_since_ms: state.agent.idle_since_ms,
             }),
+            // The offer's outcome may have been sent to the failed home and lost. Once the
+            // offer must have ended, an agent still offered for it is freed; not a miss (the
+            // node failed, not the agent).
+            AgentStatus::Offered { call_id, queue } => {
+                let ring = Duration::from_secs(state.policy(Some(&queue)).offer_timeout_secs);
+                let since_ms = state.agent.state_since_ms;
+                myself.send_after(ring + RESTORED_OFFER_GRACE, move || {
+                    AgentMsg::RestoredOfferExpired { call_id, since_ms }
+                });
+            }
             _ => {}
         }
         state.replicate(&myself);
@@ -702,6 +720,15 @@ impl Actor for AgentActor {
                 transition
             }
             AgentMsg::WrapUpDone { call_id } => agent.wrap_up_done(&call_id, now),
+            AgentMsg::RestoredOfferExpired { call_id, since_ms } => {
+                if agent.state_since_ms == since_ms {
+                    tracing::info!(agent = %agent.extension, call = %call_id,
+                        "restored offer never reported; freeing the agent");
+                    agent.offer_missed(&call_id, OfferOutcome::CallerAbandoned, 0, now)
+                } else {
+                    Transition::None
+                }
+            }
             AgentMsg::CopyToHeir => {
                 state.copy_to_heir();
                 Transition::None

@@ -142,6 +142,9 @@ pub enum AgentMsg {
     /// Send the state to the agent's heir if it changed (sent by the actor to itself, a moment
     /// after a change, so that a burst of changes costs one copy).
     CopyToHeir,
+    /// A restored agent's offer must have ended by now (sent by the actor to itself): still
+    /// offered for `call_id` since `since_ms`, it lost the outcome with its failed home.
+    RestoredOfferExpired { call_id: CallId, since_ms: u64 },
     /// Operator request from the HTTP API.
     SetState {
         state: RequestedState,
@@ -314,6 +317,7 @@ impl TryFrom<AgentMsg> for WireAgentMsg {
             AgentMsg::CallEnded { call_id } => Self::CallEnded { call_id },
             other @ (AgentMsg::WrapUpDone { .. }
             | AgentMsg::CopyToHeir
+            | AgentMsg::RestoredOfferExpired { .. }
             | AgentMsg::Reserve { .. }
             | AgentMsg::SetState { .. }
             | AgentMsg::Snapshot(_)) => return Err(other),
