@@ -237,7 +237,8 @@ impl Failover {
                 () = self.inner.handed_over.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
-            if !self.inner.mesh_alive(&view) {
+            // The Raft side has stopped (the view's sender is gone): so has the node.
+            if view.has_changed().is_err() {
                 return;
             }
         }
@@ -302,13 +303,6 @@ impl Failover {
         for replica in orphans {
             spawn_takeover(ctx, replica);
         }
-    }
-}
-
-impl Inner {
-    /// False once the Raft side has stopped (the view's sender is gone).
-    fn mesh_alive(&self, view: &watch::Receiver<Arc<ClusterView>>) -> bool {
-        view.has_changed().is_ok()
     }
 }
 
