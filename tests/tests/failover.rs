@@ -722,13 +722,8 @@ fn talking_ringing_queued(name: &str, failure: Failure) -> Run {
     }
     let all: Vec<Cdr> = talking.iter().chain(&waiting).cloned().collect();
     assert_no_agent_overlap(&all);
-    // The queue decides the order: each caller's answered offer is made no earlier than the
-    // one of the caller before it. Offers of one burst reach the call actors a little apart,
-    // and further apart when two standby nodes hold them (each records the offer when it gets
-    // it; a loaded 2-core machine adds scheduling delays), so a small skew is allowed; a caller
-    // passed over waits for the next agent to free up instead.
-    const SAME_NODE_SKEW_MS: u64 = 10;
-    const CROSS_NODE_SKEW_MS: u64 = 50;
+    // The queue decides the order: each caller's answered offer is made (the record keeps the
+    // queue's time of the offer) no earlier than the one of the caller before it.
     let answered_offer = |c: &Cdr| {
         c.offers
             .iter()
@@ -737,14 +732,7 @@ fn talking_ringing_queued(name: &str, failure: Failure) -> Run {
     };
     let out_of_order: Vec<(&str, &str, u64, u64)> = waiting
         .windows(2)
-        .filter(|p| {
-            let skew = if p[0].node == p[1].node {
-                SAME_NODE_SKEW_MS
-            } else {
-                CROSS_NODE_SKEW_MS
-            };
-            answered_offer(&p[0]) > answered_offer(&p[1]) + skew
-        })
+        .filter(|p| answered_offer(&p[0]) > answered_offer(&p[1]))
         .map(|p| {
             (
                 p[0].caller_call_id.as_str(),

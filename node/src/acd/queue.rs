@@ -597,6 +597,7 @@ impl QueueActorState {
                 queue: self.queue.name.clone(),
                 ring_timeout_secs: self.queue.offer_timeout_secs,
                 contacts,
+                offered_ms: unix_ms(),
             };
             let sent = self
                 .calls

@@ -296,7 +296,15 @@ impl Actor for CallActor {
                 queue,
                 ring_timeout_secs,
                 contacts,
-            } => state.offer(&myself, agent_id, queue, ring_timeout_secs, &contacts),
+                offered_ms,
+            } => state.offer(
+                &myself,
+                agent_id,
+                queue,
+                ring_timeout_secs,
+                &contacts,
+                offered_ms,
+            ),
             CallMsg::Overflow { queue, action } => state.overflow(&myself, queue, action),
             CallMsg::Requeue { queue } => state.requeue(&myself, queue),
             CallMsg::SipRequest { txn, request, .. } => state.on_request(&myself, txn, request),
@@ -532,8 +540,8 @@ impl CallState {
         queue: String,
         ring_timeout_secs: u64,
         contacts: &[String],
+        offered_ms: u64,
     ) {
-        let now = unix_ms();
         if self.phase != Phase::Queued {
             // The caller left (or is being connected) while the queue was choosing.
             let outcome = if self.phase == Phase::Done {
@@ -541,13 +549,13 @@ impl CallState {
             } else {
                 OfferOutcome::Failed
             };
-            return self.report(&queue, &agent_id, now, outcome);
+            return self.report(&queue, &agent_id, offered_ms, outcome);
         }
         let ringing = match self.ring(myself, &agent_id, contacts) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(agent = %agent_id, error = ?e, "cannot offer the call");
-                return self.report(&queue, &agent_id, now, OfferOutcome::Failed);
+                return self.report(&queue, &agent_id, offered_ms, OfferOutcome::Failed);
             }
         };
         myself.send_after(Duration::from_secs(ring_timeout_secs), {
@@ -575,7 +583,7 @@ impl CallState {
             sdp_session: u64::from(endpoint.local.port()),
             endpoint: Some(endpoint),
             media: None,
-            offered_ms: now,
+            offered_ms,
         });
         self.phase = Phase::Offering;
     }

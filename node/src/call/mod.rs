@@ -36,6 +36,9 @@ pub enum CallMsg {
         /// The agent's registered contact URIs, wherever the phone registered. A binding in
         /// this node's registrar is preferred (it knows the connection the phone uses).
         contacts: Vec<String>,
+        /// When the queue made the offer (Unix ms): the offer's time in the call record, in
+        /// the queue's order whichever node the call is on.
+        offered_ms: u64,
     },
     /// The caller waited too long; the queue has already removed it.
     Overflow {
@@ -113,6 +116,7 @@ pub enum WireCallMsg {
         queue: String,
         ring_timeout_secs: u64,
         contacts: Vec<String>,
+        offered_ms: u64,
     },
     Overflow {
         queue: String,
@@ -131,11 +135,13 @@ impl From<WireCallMsg> for CallMsg {
                 queue,
                 ring_timeout_secs,
                 contacts,
+                offered_ms,
             } => Self::Offer {
                 agent_id,
                 queue,
                 ring_timeout_secs,
                 contacts,
+                offered_ms,
             },
             WireCallMsg::Overflow { queue, action } => Self::Overflow { queue, action },
             WireCallMsg::Requeue { queue } => Self::Requeue { queue },

@@ -275,6 +275,7 @@ async fn the_postman_reaches_calls_on_other_nodes_and_ended_calls_free_the_agent
         queue: "sales".into(),
         ring_timeout_secs: 15,
         contacts: vec![CONTACT.into()],
+        offered_ms: 0,
     };
     let ended = CallAddr {
         node: 1,
