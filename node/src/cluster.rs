@@ -427,8 +427,8 @@ struct Verdict {
 /// [`DETECTOR_PERIOD`], it names the members to declare Failed or to make Active again.
 ///
 /// - An Active or Draining member silent for longer than `failure_timeout` is declared Failed.
-///   Raft counts only messages of the current term, so a peer not heard at all since this node
-///   became leader counts as silent since then.
+///   Raft counts only messages of the current term, so a peer not heard at all counts as silent
+///   since this node became leader, or since the detector first saw it (a member just added).
 /// - A Failed member heard continuously (every sample less than two leases old) for
 ///   [`REJOIN_AFTER`] is made Active again. A leader that is itself marked Failed makes itself
 ///   Active once it has led that long.
@@ -443,6 +443,9 @@ struct FailureDetector {
     leading: Option<(u64, Instant)>,
     /// Failed members heard continuously since then.
     heard_since: BTreeMap<NodeId, Instant>,
+    /// When the detector first saw each member while leading: a member never heard is silent
+    /// since then.
+    seen_since: BTreeMap<NodeId, Instant>,
 }
 
 impl FailureDetector {
@@ -454,6 +457,7 @@ impl FailureDetector {
             rejoin_after: REJOIN_AFTER,
             leading: None,
             heard_since: BTreeMap::new(),
+            seen_since: BTreeMap::new(),
         }
     }
 
@@ -462,17 +466,18 @@ impl FailureDetector {
         if view.role != Role::Leader || !view.lease_valid {
             self.leading = None;
             self.heard_since.clear();
+            self.seen_since.clear();
             return Vec::new();
         }
         let since = match self.leading {
             Some((term, since)) if term == view.term => since,
             _ => {
                 self.heard_since.clear();
+                self.seen_since.clear();
                 self.leading = Some((view.term, now));
                 now
             }
         };
-        let leading_for = now.saturating_duration_since(since);
         let mut verdicts = Vec::new();
         for m in view.state.members.values() {
             let last_heard = if m.id == self.me {
@@ -490,7 +495,8 @@ impl FailureDetector {
             match m.status {
                 MemberStatus::Active | MemberStatus::Draining => {
                     self.heard_since.remove(&m.id);
-                    let silence = last_heard.unwrap_or(leading_for);
+                    let seen = *self.seen_since.entry(m.id).or_insert(now);
+                    let silence = last_heard.unwrap_or(now.saturating_duration_since(seen));
                     if m.id != self.me && silence > self.failure_timeout {
                         verdicts.push(Verdict {
                             id: m.id,
@@ -1091,6 +1097,38 @@ mod tests {
             [(2, MemberStatus::Failed), (3, MemberStatus::Failed)]
         );
         assert_eq!(verdicts[0].after, TIMEOUT + MS);
+    }
+
+    #[test]
+    fn a_member_added_while_leading_is_silent_only_from_when_it_was_added() {
+        let mut d = FailureDetector::new(1, TIMEOUT, LEASE);
+        let t0 = Instant::now();
+        let two = status(
+            Role::Leader,
+            5,
+            &[
+                (1, MemberStatus::Active, None),
+                (2, MemberStatus::Active, Some(10 * MS)),
+            ],
+        );
+        let three = status(
+            Role::Leader,
+            5,
+            &[
+                (1, MemberStatus::Active, None),
+                (2, MemberStatus::Active, Some(10 * MS)),
+                (3, MemberStatus::Active, None),
+            ],
+        );
+        assert!(d.observe(t0, &two).is_empty());
+        // Long into the leadership node 3 joins, not heard from yet: not failed at once.
+        let joined = t0 + 10 * TIMEOUT;
+        assert!(d.observe(joined, &three).is_empty());
+        assert!(d.observe(joined + TIMEOUT, &three).is_empty());
+        assert_eq!(
+            ids(&d.observe(joined + TIMEOUT + MS, &three)),
+            [(3, MemberStatus::Failed)]
+        );
     }
 
     #[test]
