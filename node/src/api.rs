@@ -78,6 +78,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/{ext}/state", put(set_agent_state))
         .route("/v1/calls", get(list_calls))
         .route("/v1/calls/{id}", get(get_call))
+        .route("/v1/calls/{id}/hold", post(hold_call))
+        .route("/v1/calls/{id}/resume", post(resume_call))
         .route(
             "/v1/calls/{id}/monitor",
             post(start_monitor).put(set_monitor_mode),
@@ -420,6 +422,37 @@ async fn set_monitor_mode(
     .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
 }
 
+/// `POST /v1/calls/{id}/hold`: the customer hears music on hold, the agent silence.
+async fn hold_call(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<CallSnapshot> {
+    change_hold(&state, &id, true).await
+}
+
+/// `POST /v1/calls/{id}/resume`: takes the call off hold.
+async fn resume_call(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<CallSnapshot> {
+    change_hold(&state, &id, false).await
+}
+
+async fn change_hold(state: &ApiState, id: &str, hold: bool) -> ApiResult<CallSnapshot> {
+    let call = state
+        .calls
+        .get(&id.to_owned())
+        .ok_or_else(|| not_found("call", id))?;
+    ask(
+        &call,
+        |reply| CallMsg::Hold { hold, reply },
+        &format!("call {id}"),
+    )
+    .await?
+    .map(axum::Json)
+    .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -478,6 +511,7 @@ mod tests {
             agent_rtp: None,
             dtmf: String::new(),
             monitors: Vec::new(),
+            hold_ms: 0,
             failover: None,
         }
     }

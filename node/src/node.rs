@@ -37,6 +37,8 @@ pub struct NodeContext {
     pub media: MediaHandle,
     pub music: Arc<Prompt>,
     pub goodbye: Arc<Prompt>,
+    /// 20 ms of silence, looped to an agent whose customer the API put on hold.
+    pub silence: Arc<Prompt>,
     pub registrar: Arc<Mutex<Registrar>>,
     /// Every queue and agent by id: the actor where it runs here, a proxy where it runs on
     /// another node (`crate::remote`).
@@ -110,6 +112,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     };
     let music = load(&config.media.music_on_hold)?;
     let goodbye = load(&config.media.goodbye_prompt)?;
+    let silence = Arc::new(Prompt::from_pcm(&[0; 160]).context("cannot make silence")?);
 
     let agents_spec = config.agents()?;
     let passwords = agents_spec
@@ -157,6 +160,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         media,
         music,
         goodbye,
+        silence,
         registrar: Arc::clone(&registrar),
         queues: Directory::default(),
         agents: Directory::default(),

@@ -7,7 +7,7 @@ use switchyard_sip::rsip::{self, Header, Request, Response, StatusCode};
 use switchyard_sip::transaction::{Peer, Transport};
 
 /// Where this node is reachable for one transport: written in Via and Contact.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Local {
     pub addr: SocketAddr,
     pub transport: Transport,

@@ -1,12 +1,14 @@
 //! Call actors: one per inbound call, a back-to-back user agent joining the caller's leg and an
 //! agent's leg through a media worker.
 //!
-//! - [`actor`]: the ractor actor, the B2BUA call flow.
-//! - [`legs`]: building the SIP requests and responses of both legs.
+//! - [`core`]: the call as a sans-IO state machine: legs, phases, inputs in, effects out.
+//! - [`actor`]: the ractor actor feeding the core and carrying out its effects.
+//! - [`legs`]: building the SIP requests and responses of the legs.
 //! - [`replica`]: the copy of a call its standby node keeps, and takes the call over from
 //!   (`crate::failover`).
 
 mod actor;
+mod core;
 mod legs;
 mod replica;
 
@@ -75,16 +77,10 @@ pub enum CallMsg {
     ServerTimeout {
         txn: TransactionId,
     },
-    /// The offer made as attempt `attempt` rang too long.
-    RingTimeout {
-        attempt: u32,
-    },
+    /// A timer the call set itself.
+    Timer(core::Timer),
     /// Something the media workers reported about one of the call's endpoints.
     Media(MediaEvent),
-    /// A prompt that ends the call (goodbye) should have finished by now.
-    PromptDeadline,
-    /// Stop waiting for cancelled agent legs to finish; the call actor stops.
-    Reap,
     /// Ring extension `supervisor` and, when it answers, join it to the connected call in
     /// `mode`. Answers once the INVITE is sent, or with why it cannot be.
     Monitor {
@@ -95,6 +91,11 @@ pub enum CallMsg {
     /// Change the monitoring supervisor's mode.
     SetMonitorMode {
         mode: MonitorMode,
+        reply: RpcReplyPort<Result<CallSnapshot, String>>,
+    },
+    /// Put the connected call on hold (`true`) or take it off; answers with why not.
+    Hold {
+        hold: bool,
         reply: RpcReplyPort<Result<CallSnapshot, String>>,
     },
     Snapshot(RpcReplyPort<CallSnapshot>),
@@ -195,6 +196,8 @@ pub struct CallSnapshot {
     pub answered_ms: Option<u64>,
     pub recording: Option<String>,
     pub monitor: Option<MonitorSnapshot>,
+    /// Whether the customer is on hold.
+    pub on_hold: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 
 use switchyard_cluster::state::NodeId;
-use switchyard_media::{Codec, EndpointId, MediaHandle};
 use switchyard_sip::dialog::Dialog;
 use switchyard_sip::sdp;
 use switchyard_sip::transaction::{Peer, Transport};
@@ -40,18 +39,6 @@ impl MediaTarget {
         } else {
             sdp::Codec::Pcmu
         }
-    }
-
-    /// Points media endpoint `ep` at this target.
-    pub fn apply(&self, media: &MediaHandle, ep: EndpointId) {
-        let codec = if self.alaw { Codec::Pcma } else { Codec::Pcmu };
-        media.set_remote(
-            ep,
-            self.addr,
-            codec,
-            self.payload_type,
-            self.telephone_event_pt,
-        );
     }
 }
 
@@ -124,6 +111,26 @@ pub struct AgentLegReplica {
     pub offered_ms: u64,
 }
 
+/// Who put the call on hold.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub enum Holder {
+    /// The caller's phone (re-INVITE `sendonly`/`inactive`): the agent hears music.
+    Caller,
+    /// The agent's phone: the caller hears music.
+    Agent,
+    /// The agent through the API: the caller hears music, the agent silence.
+    Api,
+}
+
+/// A hold in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Hold {
+    pub holder: Holder,
+    pub since_ms: u64,
+}
+
 /// One call as its standby keeps it.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct CallReplica {
@@ -139,6 +146,7 @@ pub struct CallReplica {
     pub attempts: u32,
     pub caller: CallerReplica,
     pub agent: Option<AgentLegReplica>,
+    pub hold: Option<Hold>,
     pub record: CallRecord,
 }
 

@@ -130,6 +130,10 @@ pub struct CallRecord {
     /// Supervisors who monitored the call.
     #[serde(default)]
     pub monitors: Vec<MonitorRecord>,
+    /// Time the customer spent on hold (from a phone's re-INVITE or the API); part of the
+    /// handle time.
+    #[serde(default)]
+    pub hold_ms: u64,
     /// Set when the node holding the call failed (or drained) and this node took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverRecord>,

@@ -286,6 +286,7 @@ mod tests {
             agent_rtp: None,
             dtmf: String::new(),
             monitors: Vec::new(),
+            hold_ms: 0,
             failover: None,
         }
     }
