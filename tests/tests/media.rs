@@ -486,3 +486,137 @@ fn supervisor_listens_then_whispers_to_the_agent() {
     // The caller never hears the supervisor: its channel is its own tone only.
     assert!(!windows(0, left.len()).any(|i| has_tone_share(&left, i, 500.0, 0.1)));
 }
+
+/// Waits until `GET /v1/calls/{id}` says `on_hold` is `held`, and returns when (Unix ms).
+fn wait_hold(node: &Node, call_id: &str, held: bool) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let call = node.get_json(&format!("/v1/calls/{call_id}"));
+        if call["on_hold"] == held {
+            return unix_ms();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "on_hold never became {held}: {call}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_caller_hears_music_on_hold_from_the_phone_and_from_the_api() {
+    let node = Node::start("media-hold", NodeConfig::default());
+    // The agent's phone sends 1 kHz all along, and holds and resumes from its hold key.
+    let agent = node
+        .sipp("agent-2001", "agent_hold_resume.xml")
+        .server()
+        .calls(1)
+        .timeout_secs(60);
+    let mut stream = Stream::new(0xA0D0);
+    stream.tone(1000.0, 9000);
+    stream.write_pcap(&agent.dir().join("agent.pcap"));
+    let agent = agent.spawn();
+    node.register_agents(&["2001".to_owned()], agent.local_port);
+    // The caller echoes what it hears, so the recording's left channel (what the node
+    // receives from the caller) is what the caller was sent.
+    let caller = node
+        .sipp("caller", "caller.xml")
+        .duration_ms(7000)
+        .timeout_secs(60)
+        .arg("-rtp_echo")
+        .spawn();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let call_id = loop {
+        let calls = node.get_json("/v1/calls");
+        if let Some(call) = calls
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["state"] == "connected"))
+        {
+            break call["id"].as_str().expect("call id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "no connected call: {calls}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let phone_hold = wait_hold(&node, &call_id, true);
+    let phone_resume = wait_hold(&node, &call_id, false);
+    let hold_path = format!("/v1/calls/{call_id}/hold");
+    let resume_path = format!("/v1/calls/{call_id}/resume");
+    let (status, body) = api(&node, "POST", &resume_path, "");
+    assert_eq!(status, 409, "not on hold: {body}");
+    // Some talk between the holds, then the agent's desktop holds for a second.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, body) = api(&node, "POST", &hold_path, "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["on_hold"], true, "{body}");
+    let api_hold = unix_ms();
+    let (status, _) = api(&node, "POST", &hold_path, "");
+    assert_eq!(status, 409, "already on hold");
+    std::thread::sleep(Duration::from_millis(1200));
+    let (status, body) = api(&node, "POST", &resume_path, "");
+    assert_eq!(status, 200, "{body}");
+    let api_resume = unix_ms();
+    let (status, _) = api(&node, "POST", "/v1/calls/nope/hold", "");
+    assert_eq!(status, 404);
+
+    caller.expect_success_with(&node);
+    agent.expect_success_with(&node);
+    node.wait_cdrs(1, Duration::from_secs(10));
+    let record = raw_cdrs(&node).into_iter().next().expect("a call record");
+    let hold_ms = record["hold_ms"].as_u64().expect("hold_ms");
+    let expected = (phone_resume - phone_hold) + (api_resume - api_hold);
+    assert!(
+        hold_ms.abs_diff(expected) < 400,
+        "hold_ms {hold_ms}, about {expected} expected: {record:#}"
+    );
+    let answered_ms = record["answered_ms"].as_u64().expect("answered");
+    let path = record["recording"].as_str().expect("recorded").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (left, _) = loop {
+        if let Some(channels) = read_stereo_wav(Path::new(&path)) {
+            break channels;
+        }
+        assert!(Instant::now() < deadline, "recording not readable");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let at = |unix: u64| (unix.saturating_sub(answered_ms) * 8) as usize;
+    // Windows well inside each period (the state is polled, and the echo adds a little delay).
+    let inside = |from: u64, to: u64| {
+        (at(from) + 2400..at(to).saturating_sub(2400).min(left.len())).step_by(160)
+    };
+    let share_of_tone = |windows: std::iter::StepBy<std::ops::Range<usize>>| {
+        let total = windows.len().max(1);
+        windows.filter(|&i| has_tone(&left, i, 1000.0)).count() * 100 / total
+    };
+    let loud = |i: usize| {
+        let w = &left[i..(i + 160).min(left.len())];
+        w.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / 160.0 > 300.0 * 300.0
+    };
+    for (name, from, to) in [
+        ("phone hold", phone_hold, phone_resume),
+        ("API hold", api_hold, api_resume),
+    ] {
+        let windows = inside(from, to);
+        assert!(windows.len() >= 10, "{name}: period too short to judge");
+        assert_eq!(
+            share_of_tone(windows.clone()),
+            0,
+            "{name}: the caller heard the agent"
+        );
+        let music = windows.clone().filter(|&i| loud(i)).count() * 100 / windows.len();
+        assert!(
+            music >= 80,
+            "{name}: the caller heard music only {music}% of the time"
+        );
+    }
+    for (name, from, to) in [
+        ("before the hold", answered_ms, phone_hold),
+        ("between the holds", phone_resume, api_hold),
+    ] {
+        let share = share_of_tone(inside(from, to));
+        assert!(
+            share >= 80,
+            "{name}: the caller heard the agent {share}% of the time"
+        );
+    }
+}
