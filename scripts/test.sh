@@ -34,6 +34,12 @@ if ! command -v sipp >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester
 fi
+# baresip (Debian's baresip-core) is the real phone the registrar tests register.
+if ! command -v baresip >/dev/null 2>&1; then
+    echo "baresip not found: installing Debian's baresip-core"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq baresip-core
+fi
 # The cluster tests cut links with iptables (real partitions on loopback).
 if ! command -v iptables >/dev/null 2>&1; then
     echo "iptables not found: installing it"

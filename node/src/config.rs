@@ -212,9 +212,10 @@ pub struct RegistrarConfig {
     pub failure_limit: u32,
     #[serde(default = "default_failure_window")]
     pub failure_window_secs: u64,
-    /// Digest algorithms offered in 401 challenges, in order ("MD5", "SHA-256"). Many phones
-    /// (and SIPp) answer only the first challenge and only know MD5, hence MD5 first by
-    /// default; a fleet of RFC 8760 phones can put "SHA-256" first.
+    /// Digest algorithms offered in 401 challenges, in order ("MD5", "SHA-256"). MD5 alone by
+    /// default: some phones give up on a second challenge they cannot answer (Debian's
+    /// baresip 1.0 fails to register when a SHA-256 one follows), and many know only MD5.
+    /// A fleet of RFC 8760 phones can list "SHA-256" (first, or alone).
     #[serde(default = "default_digest_algorithms")]
     pub digest_algorithms: Vec<String>,
 }
@@ -557,7 +558,7 @@ fn default_failure_window() -> u64 {
     60
 }
 fn default_digest_algorithms() -> Vec<String> {
-    vec!["MD5".into(), "SHA-256".into()]
+    vec!["MD5".into()]
 }
 fn default_strategy() -> Strategy {
     Strategy::LongestIdle

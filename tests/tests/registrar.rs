@@ -81,20 +81,15 @@ fn registrar_node(name: &str, extra: &[&str]) -> Node {
     )
 }
 
-#[test]
-fn challenge_offers_md5_first_and_sha256() {
-    let node = registrar_node("challenge", &[]);
-    let mut phone = Phone::new(&node, "2001");
+/// The algorithms of the digest challenges a REGISTER without credentials gets, in order.
+fn challenge_algorithms(node: &Node) -> Vec<String> {
+    let mut phone = Phone::new(node, "2001");
     let resp = phone.register(3600, None);
     assert_eq!(resp.status(), Some(401), "{}", resp.raw);
     let challenges: Vec<Vec<(String, String)>> = resp
         .header_all("WWW-Authenticate")
         .iter()
         .filter_map(|v| parse_challenge(v))
-        .collect();
-    let algorithms: Vec<String> = challenges
-        .iter()
-        .map(|c| param(c, "algorithm").unwrap_or("MD5").to_ascii_uppercase())
         .collect();
     for c in &challenges {
         assert_eq!(param(c, "realm"), Some("switchyard"), "{}", resp.raw);
@@ -104,19 +99,74 @@ fn challenge_offers_md5_first_and_sha256() {
             resp.raw
         );
     }
-    assert!(
-        algorithms.contains(&"SHA-256".to_owned()),
-        "SHA-256 offered: {algorithms:?}\n{}",
-        resp.raw
+    challenges
+        .iter()
+        .map(|c| param(c, "algorithm").unwrap_or("MD5").to_ascii_uppercase())
+        .collect()
+}
+
+#[test]
+fn challenge_offers_md5_by_default_and_sha256_when_configured() {
+    // Phones that give up on a second challenge (baresip 1.0) or know only MD5 (SIPp 3.6)
+    // must register with the defaults.
+    let node = registrar_node("challenge", &[]);
+    assert_eq!(challenge_algorithms(&node), ["MD5"]);
+    drop(node);
+    let node = registrar_node(
+        "challenge-sha256",
+        &[r#"digest_algorithms = ["SHA-256", "MD5"]"#],
     );
-    // SIPp 3.6 (Debian's sip-tester) answers the first challenge it sees and knows only MD5:
-    // MD5 must come first or SIPp agents cannot register.
-    assert_eq!(
-        algorithms.first().map(String::as_str),
-        Some("MD5"),
-        "MD5 challenge first (SIPp 3.6 compatibility): {algorithms:?}\n{}",
-        resp.raw
-    );
+    assert_eq!(challenge_algorithms(&node), ["SHA-256", "MD5"]);
+}
+
+#[test]
+fn baresip_registers_with_the_default_settings() {
+    let node = registrar_node("baresip", &[]);
+    let dir = node.dir.path().join("baresip");
+    std::fs::create_dir_all(&dir).expect("baresip dir");
+    let port = common::free_port();
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "sip_listen 127.0.0.1:{port}\n\
+             module_path /usr/lib/baresip/modules\n\
+             module g711.so\n\
+             module_app account.so\n"
+        ),
+    )
+    .expect("baresip config");
+    std::fs::write(
+        dir.join("accounts"),
+        format!(
+            "<sip:2001@{};transport=udp>;auth_pass=pw2001;regint=60\n",
+            node.sip
+        ),
+    )
+    .expect("baresip accounts");
+    let mut baresip = std::process::Command::new("baresip")
+        .arg("-f")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("out.log")).expect("log"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("baresip is installed (scripts/test.sh installs baresip-core)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let registered = loop {
+        let agent = node.get_json("/v1/agents/2001");
+        if agent["registered"] == true {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = baresip.kill();
+    let _ = baresip.wait();
+    let log = std::fs::read_to_string(dir.join("out.log")).unwrap_or_default();
+    assert!(registered, "baresip did not register:\n{log}");
+    assert_eq!(node.agent_state("2001"), "available");
 }
 
 #[test]
