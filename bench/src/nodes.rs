@@ -350,6 +350,12 @@ impl LocalNodes {
         for (k, addrs) in all.iter().enumerate() {
             let id = addrs.id.clone();
             let node_dir = dir.join(&id);
+            // Each run picks new ports, so a previous run's cluster state (its members at
+            // their old addresses) could never settle: every run starts afresh.
+            if node_dir.exists() {
+                fs::remove_dir_all(&node_dir)
+                    .with_context(|| format!("cannot clear {}", node_dir.display()))?;
+            }
             fs::create_dir_all(&node_dir)?;
             write_wav(&node_dir.join("music-on-hold.wav"), 2.0, 440.0)?;
             write_wav(&node_dir.join("goodbye.wav"), 0.5, 660.0)?;
