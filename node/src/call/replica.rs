@@ -125,7 +125,9 @@ pub enum Holder {
 }
 
 /// A hold in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct Hold {
     pub holder: Holder,
     pub since_ms: u64,
