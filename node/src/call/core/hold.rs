@@ -29,6 +29,8 @@ impl CallCore {
             (false, Some(_)) => self.end_hold(env),
             (false, None) => return Err("the call is not on hold".into()),
         }
+        // The standbys keep the hold, so a held call stays held if this node dies.
+        self.replicate();
         Ok(())
     }
 

@@ -1390,7 +1390,14 @@ fn the_api_holds_and_resumes_a_connected_call_only() {
 fn a_held_call_taken_over_stays_held() {
     let mut owner = FakeNode::clustered(&[2]);
     let mut call = connected_call(&mut owner);
+    call.handle(&mut owner, Input::Timer(Timer::CopyToStandbys));
+    call.take_effects();
     call.set_hold(&mut owner, true).expect("hold");
+    assert_eq!(
+        timers(&call.take_effects()),
+        [Timer::CopyToStandbys],
+        "the hold is copied to the standbys"
+    );
     let replica = copy_of(&call, &owner, ReplicaPhase::Connected);
     let mut env = FakeNode::clustered(&[3]);
     let mut standby = CallCore::from_replica(&env, settings(true), replica).expect("restored");
