@@ -203,10 +203,7 @@ impl CallCore {
     }
 
     pub(super) fn hang_up_agent(&mut self) {
-        let Some(i) = self.legs.iter().position(Leg::is_live_agent) else {
-            return;
-        };
-        if let Some(bye) = bye(&mut self.legs[i], true) {
+        if let Some(bye) = self.agent_mut().and_then(|leg| bye(leg, true)) {
             self.emit(bye);
         }
     }
@@ -219,7 +216,7 @@ impl CallCore {
 
     /// ACKs the 2xx that established `leg`'s dialog.
     pub(super) fn send_ack(&mut self, leg: &Leg) {
-        if let Some(ack) = ack_of(leg) {
+        if let Some(ack) = ack_of(leg, 1) {
             self.emit(ack);
         }
     }
@@ -342,11 +339,11 @@ impl CallCore {
     }
 }
 
-/// The ACK for the 2xx that established `leg`'s dialog.
-pub(super) fn ack_of(leg: &Leg) -> Option<Effect> {
+/// The ACK for the 2xx to our INVITE numbered `cseq` in `leg`'s dialog.
+pub(super) fn ack_of(leg: &Leg, cseq: u32) -> Option<Effect> {
     let dialog = leg.dialog.as_ref()?;
     let ack = dialog
-        .create_ack(1, leg.local.via(&transaction::new_branch()), Vec::new())
+        .create_ack(cseq, leg.local.via(&transaction::new_branch()), Vec::new())
         .map_err(|e| tracing::warn!(error = %e, "cannot build ACK"))
         .ok()?;
     let to = target_peer(dialog, &leg.peer);

@@ -27,7 +27,7 @@ use switchyard_sip::transaction::{self, Peer, TransactionId};
 
 use super::super::legs;
 use super::super::replica::{AgentLegReplica, CallerReplica, MediaTarget, PeerAddr, ReplicaPhase};
-use super::dialogs::target_peer;
+use super::dialogs::{ack_of, target_peer};
 use super::setup::{SUPPORTED_CODECS, agent_sdp};
 use super::{CallCore, CallEnv, Effect, Leg, LegState, Phase, Role, Sound, TELEPHONE_EVENT_PT};
 use super::{CallReplica, Timer};
@@ -475,8 +475,7 @@ impl CallCore {
             pending.push(sent);
             self.emit(effect);
         }
-        if let Some(i) = self.legs.iter().position(Leg::is_live_agent) {
-            let leg = &mut self.legs[i];
+        if let Some(leg) = self.agent_mut() {
             if let Some(target) = leg.media {
                 env.set_remote(agent_ep.id, &target);
             }
@@ -617,7 +616,7 @@ impl CallCore {
         let leg = if call_id == self.record.caller_call_id {
             &mut self.caller
         } else {
-            match self.legs.iter_mut().find(|l| l.is_live_agent()) {
+            match self.agent_mut() {
                 Some(leg) => leg,
                 None => return true,
             }
@@ -628,17 +627,7 @@ impl CallCore {
         if let Err(e) = dialog.on_response(Method::Invite, response) {
             tracing::debug!(error = %e, "re-INVITE answer not applied to the dialog");
         }
-        let ack =
-            match dialog.create_ack(cseq, leg.local.via(&transaction::new_branch()), Vec::new()) {
-                Ok(ack) => Some(Effect::Ack {
-                    ack,
-                    to: target_peer(dialog, &leg.peer),
-                }),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot build ACK");
-                    None
-                }
-            };
+        let ack = ack_of(leg, cseq);
         let answer = sdp::parse(&response.body)
             .and_then(|a| sdp::negotiate(&a, &SUPPORTED_CODECS).map(|n| (a, n)));
         if let (Ok((answer, negotiated)), Some(ep)) = (answer, leg.endpoint) {

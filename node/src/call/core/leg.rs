@@ -76,6 +76,11 @@ impl Leg {
         matches!(self.role, Role::Agent { .. }) && self.state != LegState::Cancelled
     }
 
+    /// A supervisor leg being rung or monitoring (not one we cancelled).
+    pub fn is_live_supervisor(&self) -> bool {
+        matches!(self.role, Role::Supervisor { .. }) && self.state != LegState::Cancelled
+    }
+
     /// Answers the party's offer from our endpoint `ep`: the same SDP as before unless the
     /// answer changed (then the next version, RFC 3264 §8).
     pub fn answer(

@@ -420,28 +420,30 @@ impl CallCore {
         self.legs.iter().find(|l| l.is_live_agent())
     }
 
-    /// Removes the agent leg being rung or connected from the call.
-    pub(super) fn take_agent(&mut self) -> Option<Leg> {
-        let i = self.legs.iter().position(Leg::is_live_agent)?;
-        Some(self.legs.remove(i))
+    pub(super) fn agent_mut(&mut self) -> Option<&mut Leg> {
+        self.legs.iter_mut().find(|l| l.is_live_agent())
     }
 
+    /// Removes the agent leg being rung or connected from the call.
+    pub(super) fn take_agent(&mut self) -> Option<Leg> {
+        self.take_leg(Leg::is_live_agent)
+    }
+
+    /// The supervisor's leg, ringing or monitoring.
     pub(super) fn supervisor(&self) -> Option<&Leg> {
-        self.legs
-            .iter()
-            .find(|l| matches!(l.role, Role::Supervisor { .. }) && l.state != LegState::Cancelled)
+        self.legs.iter().find(|l| l.is_live_supervisor())
     }
 
     pub(super) fn supervisor_mut(&mut self) -> Option<&mut Leg> {
-        self.legs
-            .iter_mut()
-            .find(|l| matches!(l.role, Role::Supervisor { .. }) && l.state != LegState::Cancelled)
+        self.legs.iter_mut().find(|l| l.is_live_supervisor())
     }
 
     fn take_supervisor(&mut self) -> Option<Leg> {
-        let i = self.legs.iter().position(|l| {
-            matches!(l.role, Role::Supervisor { .. }) && l.state != LegState::Cancelled
-        })?;
+        self.take_leg(Leg::is_live_supervisor)
+    }
+
+    fn take_leg(&mut self, is: fn(&Leg) -> bool) -> Option<Leg> {
+        let i = self.legs.iter().position(is)?;
         Some(self.legs.remove(i))
     }
 

@@ -96,7 +96,7 @@ impl CallCore {
         let leg_ep = leg.endpoint;
         let answer = sdp::parse(&response.body)
             .and_then(|a| sdp::negotiate(&a, &SUPPORTED_CODECS).map(|n| (a, n)));
-        if let Some(ack) = self.supervisor().and_then(ack_of) {
+        if let Some(ack) = self.supervisor().and_then(|leg| ack_of(leg, 1)) {
             self.emit(ack);
         }
         let (Ok((answer, negotiated)), Some(leg_ep), Some(caller), Some(agent)) = (
