@@ -512,6 +512,9 @@ mod tests {
             dtmf: String::new(),
             monitors: Vec::new(),
             hold_ms: 0,
+            flow: None,
+            menu: String::new(),
+            priority: 0,
             failover: None,
         }
     }

@@ -639,6 +639,10 @@ fn config_documents(config: &Config) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     for did in &config.dids {
         docs.push((format!("did/{}", did.number), serde_json::to_vec(did)?));
     }
+    docs.push((
+        crate::flows::FLOWS_DOCUMENT.to_owned(),
+        serde_json::to_vec(&config.flow_set())?,
+    ));
     Ok(docs)
 }
 

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use switchyard_flows::{Flow, FlowSet, NumberList, Schedule};
 use switchyard_sip::digest::Algorithm;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,14 @@ pub struct Config {
     pub dids: Vec<DidConfig>,
     #[serde(default, rename = "agents")]
     pub agent_groups: Vec<AgentGroupConfig>,
+    /// IVR call flows, opening-hours schedules and caller lists (see `switchyard_flows`): the
+    /// initial flow set, changed live through `PUT /v1/flows`.
+    #[serde(default, rename = "flow")]
+    pub flows: Vec<Flow>,
+    #[serde(default, rename = "schedule")]
+    pub schedules: Vec<Schedule>,
+    #[serde(default, rename = "number_list")]
+    pub number_lists: Vec<NumberList>,
     /// Present when the node is part of a cluster; absent for a standalone node.
     pub cluster: Option<ClusterConfig>,
 }
@@ -167,6 +176,10 @@ pub struct MediaConfig {
     /// Played before hanging up a caller the queue overflows to "goodbye".
     #[serde(default = "default_goodbye")]
     pub goodbye_prompt: PathBuf,
+    /// IVR prompts, as `<dir>/<language>/<name>.wav` (`deploy/prompts` holds English and
+    /// Mandarin ones); every WAV there is loaded at start.
+    #[serde(default = "default_prompts_dir")]
+    pub prompts_dir: PathBuf,
     /// Where call recordings go, as `<dir>/<yyyy-mm-dd>/<call id>.wav` (UTC date); default
     /// `<data dir>/recordings`. A relative path is relative to the config file.
     #[serde(default)]
@@ -186,6 +199,7 @@ impl Default for MediaConfig {
             rtp_timeout_secs: default_rtp_timeout_secs(),
             music_on_hold: default_music(),
             goodbye_prompt: default_goodbye(),
+            prompts_dir: default_prompts_dir(),
             recordings_dir: None,
             rtcp_interval_ms: default_rtcp_interval_ms(),
         }
@@ -281,15 +295,38 @@ pub struct QueueConfig {
     pub service_level_secs: u64,
 }
 
+/// A dialled number and where its calls go: straight to a queue, or into an IVR flow.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DidConfig {
     /// The Request-URI user that selects this route.
     pub number: String,
-    pub queue: String,
-    /// Higher is served first; FIFO within one priority.
+    /// Exactly one of `queue` and `flow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// Higher is served first; FIFO within one priority. A flow's `set` step may change it.
     #[serde(default)]
     pub priority: u8,
+}
+
+/// Where a DID's calls go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DidTarget<'a> {
+    Queue(&'a str),
+    Flow(&'a str),
+}
+
+impl DidConfig {
+    /// `None` for a DID naming both or neither (rejected by [`Config::validate`]).
+    pub fn target(&self) -> Option<DidTarget<'_>> {
+        match (&self.queue, &self.flow) {
+            (Some(queue), None) => Some(DidTarget::Queue(queue)),
+            (None, Some(flow)) => Some(DidTarget::Flow(flow)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +370,7 @@ impl Config {
         for file in [
             Some(&mut config.media.music_on_hold),
             Some(&mut config.media.goodbye_prompt),
+            Some(&mut config.media.prompts_dir),
             config.media.recordings_dir.as_mut(),
             cluster_certs,
         ]
@@ -406,11 +444,26 @@ impl Config {
             if !numbers.insert(d.number.as_str()) {
                 return invalid(format!("DID {:?} is defined twice", d.number));
             }
-            if !queue_names.contains(d.queue.as_str()) {
-                return invalid(format!(
-                    "DID {:?} routes to unknown queue {:?}",
-                    d.number, d.queue
-                ));
+            match d.target() {
+                None => {
+                    return invalid(format!(
+                        "DID {:?} must name exactly one of queue and flow",
+                        d.number
+                    ));
+                }
+                Some(DidTarget::Queue(queue)) if !queue_names.contains(queue) => {
+                    return invalid(format!(
+                        "DID {:?} routes to unknown queue {queue:?}",
+                        d.number
+                    ));
+                }
+                Some(DidTarget::Flow(flow)) if !self.flows.iter().any(|f| f.name == flow) => {
+                    return invalid(format!(
+                        "DID {:?} routes to unknown flow {flow:?}",
+                        d.number
+                    ));
+                }
+                Some(_) => {}
             }
         }
         if let Some(cluster) = &self.cluster {
@@ -467,6 +520,15 @@ impl Config {
             }
         }
         Ok(agents)
+    }
+
+    /// The flows, schedules and number lists of the file, as one set.
+    pub fn flow_set(&self) -> FlowSet {
+        FlowSet {
+            flows: self.flows.clone(),
+            schedules: self.schedules.clone(),
+            number_lists: self.number_lists.clone(),
+        }
     }
 
     pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
@@ -535,6 +597,9 @@ fn default_music() -> PathBuf {
 }
 fn default_goodbye() -> PathBuf {
     PathBuf::from("../media/goodbye.wav")
+}
+fn default_prompts_dir() -> PathBuf {
+    PathBuf::from("../prompts")
 }
 fn default_realm() -> String {
     "switchyard".into()

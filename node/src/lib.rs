@@ -22,6 +22,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod failover;
+pub mod flows;
 pub mod node;
 pub mod registrar;
 pub mod remote;

@@ -13,6 +13,7 @@ use switchyard_sip::transaction::{Timers, Transport};
 use tokio::sync::mpsc;
 
 use crate::acd::agent::{self, AgentArgs};
+use crate::acd::board::QueueBoard;
 use crate::acd::queue::{self, QueueArgs};
 use crate::acd::{AgentMsg, QueueMsg};
 use crate::call::CallMsg;
@@ -20,6 +21,7 @@ use crate::call::Local;
 use crate::cdr::store::{CdrStore, CdrWriter};
 use crate::config::{AgentSpec, Config, DidConfig};
 use crate::failover::Failover;
+use crate::flows::{FlowStore, Prompts};
 use crate::registrar::{BindingChange, Registrar};
 use crate::remote::hosting::Hosting;
 use crate::remote::mailroom::Mailroom;
@@ -55,6 +57,10 @@ pub struct NodeContext {
     pub cdrs: CdrWriter,
     /// Call and agent replication and take-over (clustered nodes only).
     pub failover: Option<Failover>,
+    /// IVR flows and their prompts.
+    pub flows: Arc<FlowStore>,
+    /// Staffing and waits of the queues homed here, for flows that branch on them.
+    pub queue_board: QueueBoard,
     dids: HashMap<String, DidConfig>,
 }
 
@@ -113,6 +119,18 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let music = load(&config.media.music_on_hold)?;
     let goodbye = load(&config.media.goodbye_prompt)?;
     let silence = Arc::new(Prompt::from_pcm(&[0; 160]).context("cannot make silence")?);
+
+    let prompts = Arc::new(Prompts::load(&config.media.prompts_dir)?);
+    // A clustered node keeps API changes in the cluster's `flows` document instead.
+    let saved_flows = config
+        .cluster
+        .is_none()
+        .then(|| data_dir.join("flows.json"));
+    let flows = Arc::new(FlowStore::open(config.flow_set(), prompts, saved_flows)?);
+    let queue_names: Vec<&str> = config.queues.iter().map(|q| q.name.as_str()).collect();
+    flows
+        .check(&flows.current(), queue_names)
+        .map_err(|problems| anyhow::anyhow!("invalid flows: {problems}"))?;
 
     let agents_spec = config.agents()?;
     let passwords = agents_spec
@@ -174,6 +192,8 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         recordings_dir,
         cdrs,
         failover,
+        flows,
+        queue_board: QueueBoard::default(),
     });
 
     let cluster = match cluster {
@@ -195,6 +215,10 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
                 tokio::spawn(failover.run(Arc::clone(&ctx)));
             }
             tokio::spawn(Hosting::new(Arc::clone(&ctx), runtime.clone(), hosted).run());
+            tokio::spawn(crate::flows::follow_cluster(
+                runtime.clone(),
+                Arc::clone(&ctx.flows),
+            ));
             Some(runtime)
         }
         None => {
@@ -230,6 +254,11 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         calls: ctx.calls.clone(),
         metrics,
     });
+    let router = router.merge(crate::flows::api::routes(crate::flows::api::FlowsApi {
+        store: Arc::clone(&ctx.flows),
+        queues: ctx.queues.clone(),
+        cluster: cluster.clone(),
+    }));
     let router = match &cluster {
         Some(runtime) => router.merge(crate::cluster::routes(runtime.clone())),
         None => router,

@@ -3,9 +3,11 @@
 //! A prompt is named `<language>/<name>`; its file is `<prompts dir>/<language>/<name>.wav`.
 //! Numbers are built from `number-0`..`number-20`, the tens `number-30`..`number-90` and
 //! `number-100` ("one hundred", 一百): 45 is `number-40 number-5`, 145 is
-//! `number-100 number-40 number-5`. Mandarin differs in two places: 101-119 say 一百零五 and
-//! 一百一十五 (`number-100 number-0 number-5`, `number-100 number-1 number-15`), and a wait of two
-//! minutes is 两分钟 (`number-liang`). Numbers from 200 on are read digit by digit (`digit-N`).
+//! `number-100 number-40 number-5`, 245 is `number-2 number-hundred number-40 number-5`.
+//! Mandarin says 一百零五 and 一百一十五 (`number-100 number-0 number-5`,
+//! `number-100 number-1 number-15`). A wait of two minutes uses `count-2` (两分钟 in Mandarin),
+//! a wait of a minute or less `wait-less-than-minute`. Numbers from 1,000 on are read digit by digit.
+//! `deploy/prompts/README.md` lists the recorded pieces; the names here must match it.
 
 /// The prompt that plays `name` in `language`.
 pub(crate) fn prompt_path(language: &str, name: &str) -> String {
@@ -35,10 +37,13 @@ pub fn announce(language: &str, position: u32, wait_secs: Option<u64>) -> Vec<St
         Some(secs) => {
             names.push("wait-before".to_owned());
             match secs.div_ceil(60) {
-                2 if mandarin => names.push("number-liang".to_owned()),
-                minutes => names.extend(number_names(minutes, mandarin)),
+                // Two as a count: 两分钟, not 二分钟.
+                2 => names.extend(["count-2", "wait-minutes"].map(str::to_owned)),
+                minutes => {
+                    names.extend(number_names(minutes, mandarin));
+                    names.push("wait-minutes".to_owned());
+                }
             }
-            names.push("wait-minutes".to_owned());
         }
     }
     names
@@ -63,10 +68,19 @@ fn number_names(n: u64, mandarin: bool) -> Vec<String> {
         0..=20 => vec![number(n)],
         21..=99 if n % 10 == 0 => vec![number(n)],
         21..=99 => vec![number(n / 10 * 10), number(n % 10)],
-        100 => vec![number(100)],
-        101..=109 if mandarin => vec![number(100), number(0), number(n - 100)],
-        110..=119 if mandarin => vec![number(100), number(1), number(n - 100)],
-        101..=199 => [vec![number(100)], number_names(n - 100, mandarin)].concat(),
+        100..=999 => {
+            let mut names = match n / 100 {
+                1 => vec![number(100)],
+                hundreds => vec![number(hundreds), "number-hundred".to_owned()],
+            };
+            match n % 100 {
+                0 => {}
+                rest @ 1..=9 if mandarin => names.extend([number(0), number(rest)]),
+                rest @ 10..=19 if mandarin => names.extend([number(1), number(rest)]),
+                rest => names.extend(number_names(rest, mandarin)),
+            }
+            names
+        }
         _ => n
             .to_string()
             .chars()
@@ -100,7 +114,12 @@ mod tests {
         assert_eq!(spoken(115, false), "number-100 number-15");
         assert_eq!(spoken(145, false), "number-100 number-40 number-5");
         assert_eq!(spoken(199, false), "number-100 number-90 number-9");
-        assert_eq!(spoken(250, false), "digit-2 digit-5 digit-0");
+        assert_eq!(spoken(250, false), "number-2 number-hundred number-50");
+        assert_eq!(
+            spoken(245, false),
+            "number-2 number-hundred number-40 number-5"
+        );
+        assert_eq!(spoken(1250, false), "digit-1 digit-2 digit-5 digit-0");
     }
 
     #[test]
@@ -113,6 +132,10 @@ mod tests {
         assert_eq!(spoken(115, true), "number-100 number-1 number-15");
         assert_eq!(spoken(120, true), "number-100 number-20");
         assert_eq!(spoken(145, true), "number-100 number-40 number-5");
+        assert_eq!(
+            spoken(305, true),
+            "number-3 number-hundred number-0 number-5"
+        );
     }
 
     #[test]
@@ -131,7 +154,11 @@ mod tests {
         );
         assert_eq!(
             names(announce("en", 0, Some(61))),
-            "en/wait-before en/number-2 en/wait-minutes"
+            "en/wait-before en/count-2 en/wait-minutes"
+        );
+        assert_eq!(
+            names(announce("en", 0, Some(90 * 60))),
+            "en/wait-before en/number-90 en/wait-minutes"
         );
         assert_eq!(
             names(announce("en", 2, None)),
@@ -144,7 +171,7 @@ mod tests {
     fn mandarin_says_liang_for_two_minutes_but_er_for_second_place() {
         assert_eq!(
             names(announce("zh", 2, Some(120))),
-            "zh/position-before zh/number-2 zh/position-after zh/wait-before zh/number-liang zh/wait-minutes"
+            "zh/position-before zh/number-2 zh/position-after zh/wait-before zh/count-2 zh/wait-minutes"
         );
         assert_eq!(
             names(announce("zh-CN", 0, Some(22 * 60))),

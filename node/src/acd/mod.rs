@@ -25,6 +25,7 @@
 //! `WrapUpDone`) have none.
 
 pub mod agent;
+pub mod board;
 pub mod queue;
 
 use ractor::RpcReplyPort;

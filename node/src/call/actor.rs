@@ -22,6 +22,7 @@ use crate::node::NodeContext;
 use crate::remote::CallAddr;
 use crate::sip::endpoint::Command;
 use crate::time::{unix_ms, utc_date};
+use switchyard_flows::FlowSet;
 
 pub struct CallActor;
 
@@ -318,6 +319,24 @@ impl CallEnv for NodeEnv<'_> {
         self.ctx.did(number).cloned()
     }
 
+    fn flows(&self) -> Arc<FlowSet> {
+        self.ctx.flows.current()
+    }
+
+    fn agents_logged_in(&self, queue: &str) -> u32 {
+        self.ctx
+            .queue_board
+            .get(queue)
+            .map_or(0, |f| f.available_agents)
+    }
+
+    fn estimated_wait_secs(&self, queue: &str) -> u64 {
+        self.ctx
+            .queue_board
+            .get(queue)
+            .map_or(0, |f| f.estimated_wait_secs)
+    }
+
     fn queue_exists(&self, queue: &str) -> bool {
         self.ctx.queues.get(&queue.to_owned()).is_some()
     }
@@ -395,6 +414,26 @@ impl CallEnv for NodeEnv<'_> {
             Sound::Silence => Arc::clone(&self.ctx.silence),
         };
         self.ctx.media.play(ep, prompt, looped);
+    }
+
+    fn play_prompts(
+        &mut self,
+        ep: EndpointId,
+        prompts: &[String],
+        barge_in: bool,
+    ) -> Result<(), String> {
+        let prompts = prompts
+            .iter()
+            .map(|name| {
+                self.ctx
+                    .flows
+                    .prompts()
+                    .get(name)
+                    .ok_or_else(|| format!("prompt {name:?} is not loaded"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ctx.media.play_sequence(ep, prompts, barge_in);
+        Ok(())
     }
 
     fn stop_playback(&mut self, ep: EndpointId) {

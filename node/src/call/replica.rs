@@ -78,6 +78,8 @@ impl PeerAddr {
     Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub enum ReplicaPhase {
+    /// In an IVR flow: the standby resumes the run at its step.
+    Ivr,
     Queued,
     /// An agent's phone was ringing: the standby withdraws the offer and queues the caller.
     Offering,
@@ -149,6 +151,7 @@ pub struct CallReplica {
     pub caller: CallerReplica,
     pub agent: Option<AgentLegReplica>,
     pub hold: Option<Hold>,
+    pub flow: Option<switchyard_flows::FlowRun>,
     pub record: CallRecord,
 }
 

@@ -30,6 +30,10 @@ pub enum Disposition {
     Overflowed,
     /// The call could not be handled (no route, bad SDP, internal error).
     Failed,
+    /// An IVR flow hung up because the line was closed (opening hours, holiday, override).
+    Closed,
+    /// An IVR flow hung up for another reason (a blocked caller, a message-only line).
+    HungUp,
 }
 
 /// Which side ended the call.
@@ -134,6 +138,15 @@ pub struct CallRecord {
     /// handle time.
     #[serde(default)]
     pub hold_ms: u64,
+    /// The IVR flow the call entered, if its DID routes to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// Menu keys the caller chose in the flow, in order.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub menu: String,
+    /// Priority in the queue (from the DID or the flow); higher is served first.
+    #[serde(default)]
+    pub priority: u8,
     /// Set when the node holding the call failed (or drained) and this node took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverRecord>,

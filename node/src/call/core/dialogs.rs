@@ -1,5 +1,6 @@
 //! In-dialog requests, hang-ups and the end of the call.
 
+use switchyard_flows::FlowEvent;
 use switchyard_media::MediaEvent;
 use switchyard_sip::dialog::Dialog;
 use switchyard_sip::headers::MessageExt;
@@ -158,7 +159,7 @@ impl CallCore {
     pub(super) fn on_caller_cancel(&mut self, env: &mut dyn CallEnv) {
         if matches!(
             self.phase,
-            Phase::Routing | Phase::Queued | Phase::Offering | Phase::Goodbye
+            Phase::Routing | Phase::Ivr | Phase::Queued | Phase::Offering | Phase::Goodbye
         ) {
             self.respond_to_caller(StatusCode::RequestTerminated);
             self.on_caller_gone(env);
@@ -177,6 +178,7 @@ impl CallCore {
                 self.leave_queue();
                 self.finish(env, HangupBy::Caller, Disposition::Abandoned);
             }
+            Phase::Ivr => self.finish(env, HangupBy::Caller, Disposition::Abandoned),
             Phase::Queued | Phase::Routing => {
                 self.leave_queue();
                 self.finish(env, HangupBy::Caller, Disposition::Abandoned);
@@ -252,10 +254,16 @@ impl CallCore {
                 self.finish(env, HangupBy::System, Disposition::Answered);
             }
             MediaEvent::Dtmf { endpoint, digit } if caller_ep == Some(endpoint) => {
-                tracing::info!(call = %self.record.id, %digit, "caller pressed a key");
+                tracing::debug!(call = %self.record.id, %digit, "caller pressed a key");
                 metrics::counter!("dtmf_digits_total").increment(1);
                 if self.record.dtmf.len() < MAX_RECORDED_DIGITS {
                     self.record.dtmf.push(digit);
+                }
+                self.flow_event(env, FlowEvent::Digit(digit));
+            }
+            MediaEvent::PlaybackFinished { endpoint } if caller_ep == Some(endpoint) => {
+                if let Some(token) = self.flow.as_ref().map(|run| run.token) {
+                    self.flow_event(env, FlowEvent::PromptFinished(token));
                 }
             }
             MediaEvent::RecordingStopped { path, duration, .. } => {
@@ -391,5 +399,7 @@ fn disposition_label(d: Disposition) -> &'static str {
         Disposition::Abandoned => "abandoned",
         Disposition::Overflowed => "overflowed",
         Disposition::Failed => "failed",
+        Disposition::Closed => "closed",
+        Disposition::HungUp => "hung-up",
     }
 }

@@ -111,6 +111,9 @@ impl CallCore {
             dtmf: String::new(),
             monitors: Vec::new(),
             hold_ms: 0,
+            flow: None,
+            menu: String::new(),
+            priority: 0,
             failover: None,
         };
         let caller = Leg {
@@ -136,6 +139,7 @@ impl CallCore {
             legs: Vec::new(),
             attempts: 0,
             priority: 0,
+            flow: None,
             record,
             hold: None,
             invited_at: env.instant(),
@@ -227,6 +231,7 @@ impl CallCore {
             });
         }
         let phase = match replica.phase {
+            ReplicaPhase::Ivr => Phase::Ivr,
             ReplicaPhase::Queued => Phase::Queued,
             ReplicaPhase::Offering => Phase::Offering,
             ReplicaPhase::Connected => Phase::Connected,
@@ -237,6 +242,7 @@ impl CallCore {
             legs: call_legs,
             attempts: replica.attempts,
             priority: replica.priority,
+            flow: replica.flow,
             record,
             hold: replica.hold,
             invited_at: env.instant(),
@@ -319,6 +325,7 @@ impl CallCore {
 
     fn replica_phase(&self) -> Option<ReplicaPhase> {
         match self.phase {
+            Phase::Ivr => Some(ReplicaPhase::Ivr),
             Phase::Queued => Some(ReplicaPhase::Queued),
             Phase::Offering => Some(ReplicaPhase::Offering),
             // Still waiting for the answers to a take-over's re-INVITEs: not a call to copy.
@@ -332,6 +339,12 @@ impl CallCore {
         phase.hash(&mut h);
         self.record.queue.hash(&mut h);
         self.hold.hash(&mut h);
+        self.priority.hash(&mut h);
+        if let Some(run) = &self.flow {
+            // Where the caller is and what it chose; prompt and timer tokens need no copy.
+            (&run.step, &run.menu_digits, run.no_input, run.bad_input).hash(&mut h);
+            (&run.vars, &run.language, &run.collected, run.priority).hash(&mut h);
+        }
         self.caller.media.map(|m| m.addr).hash(&mut h);
         if let Some(d) = &self.caller.dialog {
             (&d.remote_target, d.local_cseq, d.remote_cseq).hash(&mut h);
@@ -395,6 +408,7 @@ impl CallCore {
             caller,
             agent,
             hold: self.hold,
+            flow: self.flow.clone(),
             record: self.record.clone(),
         })
     }
@@ -412,6 +426,9 @@ impl CallCore {
         };
         if let Some(target) = self.caller.media {
             env.set_remote(caller_ep.id, &target);
+            if target.telephone_event_pt.is_none() {
+                env.detect_inband_dtmf(caller_ep.id);
+            }
         }
         let codec = self
             .caller
@@ -436,6 +453,15 @@ impl CallCore {
         }
         match self.phase {
             Phase::Connected => self.resume_connected(env),
+            Phase::Ivr => {
+                self.resuming = None;
+                self.emit(Effect::Adopt {
+                    invite: self.caller.invite.clone(),
+                    from: self.caller.peer,
+                });
+                self.resume_flow(env);
+                metrics::counter!("failover_calls_total", "outcome" => "flow-resumed").increment(1);
+            }
             Phase::Offering | Phase::Queued => {
                 if self.phase == Phase::Offering {
                     self.cancel_foreign_offer(env);

@@ -23,6 +23,7 @@
 mod dialogs;
 mod failover;
 mod hold;
+mod ivr;
 mod leg;
 mod monitor;
 mod setup;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_cluster::state::NodeId;
+use switchyard_flows::{FlowEvent, FlowRun, FlowSet};
 use switchyard_media::{Endpoint, EndpointId, MediaEvent, MonitorMode as MixMode};
 use switchyard_sip::rsip::{self, Request, Response};
 use switchyard_sip::transaction::{Peer, TransactionId, Transport};
@@ -65,6 +67,12 @@ pub trait CallEnv {
     /// This node's SIP address for `transport`.
     fn local(&self, transport: Transport) -> Local;
     fn did(&self, number: &str) -> Option<DidConfig>;
+    /// The IVR flows, schedules and number lists as they are now.
+    fn flows(&self) -> Arc<FlowSet>;
+    /// Agents logged in to `queue` (available, busy or wrapping up), for flows that branch on it.
+    fn agents_logged_in(&self, queue: &str) -> u32;
+    /// The queue's estimated wait for a caller joining now.
+    fn estimated_wait_secs(&self, queue: &str) -> u64;
     /// Whether queue `queue` exists anywhere in the cluster.
     fn queue_exists(&self, queue: &str) -> bool;
     /// Whether calls answered from `queue` are recorded.
@@ -89,6 +97,14 @@ pub trait CallEnv {
     fn release(&mut self, ep: EndpointId);
     fn set_remote(&mut self, ep: EndpointId, target: &MediaTarget);
     fn play(&mut self, ep: EndpointId, sound: Sound, looped: bool);
+    /// Plays IVR prompts (`<language>/<name>`) back to back, once; with `barge_in` a key press
+    /// stops them. Fails, playing nothing, when a prompt is not loaded.
+    fn play_prompts(
+        &mut self,
+        ep: EndpointId,
+        prompts: &[String],
+        barge_in: bool,
+    ) -> Result<(), String>;
     fn stop_playback(&mut self, ep: EndpointId);
     fn detect_inband_dtmf(&mut self, ep: EndpointId);
     fn bridge(&mut self, a: EndpointId, b: EndpointId) -> Result<(), String>;
@@ -174,6 +190,8 @@ pub enum Timer {
     CopyToStandbys,
     /// A handed-over call has lingered long enough: let go.
     Relinquish,
+    /// The flow's timer with this token (no key pressed in time).
+    Flow { token: u64 },
 }
 
 /// What the queue hears from the call.
@@ -255,6 +273,8 @@ pub enum Effect {
 pub enum Phase {
     /// Checking the INVITE; no response beyond 100 yet.
     Routing,
+    /// In an IVR flow: hearing prompts, pressing keys.
+    Ivr,
     /// Waiting in a queue, hearing music.
     Queued,
     /// An agent's phone is ringing.
@@ -272,6 +292,7 @@ impl Phase {
     pub fn label(self) -> &'static str {
         match self {
             Phase::Routing => "routing",
+            Phase::Ivr => "ivr",
             Phase::Queued => "queued",
             Phase::Offering => "offering",
             Phase::Connected => "connected",
@@ -291,6 +312,8 @@ pub struct CallCore {
     /// Agent legs rung so far: numbers the SIP Call-IDs of the next ones.
     attempts: u32,
     priority: u8,
+    /// The caller's way through its IVR flow, while in one (and after, for the record).
+    flow: Option<FlowRun>,
     record: CallRecord,
     /// The hold in progress, if any.
     hold: Option<super::replica::Hold>,
@@ -384,6 +407,7 @@ impl CallCore {
             Timer::Reap => self.legs.clear(),
             Timer::CopyToStandbys => self.copy_to_standbys(env),
             Timer::Relinquish => self.relinquish(env),
+            Timer::Flow { token } => self.flow_event(env, FlowEvent::Timer(token)),
         }
     }
 

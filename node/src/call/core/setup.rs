@@ -12,7 +12,8 @@ use super::super::replica::MediaTarget;
 use super::{CallCore, CallEnv, Effect, Leg, LegState, Phase, QueueNote, Role, Sound, Timer};
 use crate::acd::OfferOutcome;
 use crate::cdr::{Disposition, HangupBy, OfferRecord};
-use crate::config::Overflow;
+use crate::config::{DidTarget, Overflow};
+use switchyard_flows::FlowRun;
 
 /// Codecs the media workers relay and transcode between.
 pub(super) const SUPPORTED_CODECS: [sdp::Codec; 2] = [sdp::Codec::Pcmu, sdp::Codec::Pcma];
@@ -132,7 +133,6 @@ impl CallCore {
             // No telephone-events from this caller: listen for key tones in its audio.
             env.detect_inband_dtmf(endpoint.id);
         }
-        env.play(endpoint.id, Sound::MusicOnHold, true);
         self.caller.sdp = sdp::build_answer(
             &offer,
             &sdp::LocalMedia {
@@ -145,6 +145,7 @@ impl CallCore {
                 direction: sdp::Direction::SendRecv,
             },
         );
+        let endpoint_id = endpoint.id;
         self.caller.endpoint = Some(endpoint);
         let early = legs::response_with_sdp(
             &self.caller.invite,
@@ -155,8 +156,25 @@ impl CallCore {
         );
         self.respond_to_invite(early);
         self.priority = did.priority;
-        let now = env.now_ms();
-        self.enqueue(env, did.queue, now);
+        match did.target() {
+            Some(DidTarget::Flow(name)) => {
+                let flows = env.flows();
+                let Some(flow) = flows.flow(name) else {
+                    // A live change removed the flow the DID names.
+                    tracing::error!(call = %self.record.id, flow = name, "DID names a missing flow");
+                    return self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed);
+                };
+                let mut run = FlowRun::new(flow, &self.record.caller, &self.record.did);
+                run.priority = did.priority;
+                self.start_flow(env, run);
+            }
+            Some(DidTarget::Queue(queue)) => {
+                env.play(endpoint_id, Sound::MusicOnHold, true);
+                let now = env.now_ms();
+                self.enqueue(env, queue.to_owned(), now);
+            }
+            None => self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed),
+        }
     }
 
     pub(super) fn enqueue(&mut self, env: &mut dyn CallEnv, queue: String, since_ms: u64) {
@@ -165,6 +183,7 @@ impl CallCore {
         }
         self.record.queued_ms.get_or_insert(since_ms);
         self.record.queue = Some(queue.clone());
+        self.record.priority = self.priority;
         self.phase = Phase::Queued;
         let priority = self.priority;
         self.emit(Effect::ToQueue {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_cluster::state::NodeId;
@@ -26,11 +27,48 @@ const CALLER: &str = "127.0.0.1:5070";
 const AGENT: &str = "127.0.0.1:5080";
 const SUPERVISOR: &str = "127.0.0.1:5090";
 
+/// DID 10086: VIPs get priority 10; a menu (1 sales, 2 support) with a 5 s timeout; 0 goes to
+/// a line closed by its schedule's override.
+const TEST_FLOWS: &str = r#"
+[[flow]]
+name = "main"
+start = "vip-check"
+language = "zh"
+[flow.steps.vip-check]
+branch_caller = { list = "vip", then = "vip", else = "welcome" }
+[flow.steps.vip]
+set = { priority = 10 }
+next = "welcome"
+[flow.steps.welcome]
+play = ["welcome"]
+next = "menu"
+[flow.steps.menu]
+menu = { prompt = ["menu"], options = { "1" = "sales", "2" = "support", "0" = "late" }, timeout_secs = 5, max_timeouts = 2, on_timeout = "support", on_invalid = "support" }
+[flow.steps.sales]
+queue = { name = "sales" }
+[flow.steps.support]
+queue = { name = "support" }
+[flow.steps.late]
+branch_time = { schedule = "late", open = "support", closed = "closed" }
+[flow.steps.closed]
+hangup = { prompt = ["closed"], disposition = "closed" }
+
+[[schedule]]
+name = "late"
+time_zone = "Asia/Shanghai"
+override = "closed"
+
+[[number_list]]
+name = "vip"
+numbers = ["13900000001-13900000099"]
+"#;
+
 /// What the fake media workers were asked to do.
 #[derive(Debug, Clone, PartialEq)]
 enum MediaOp {
     Remote(EndpointId, SocketAddr),
     Play(EndpointId, Sound),
+    Prompts(EndpointId, Vec<String>, bool),
     StopPlayback(EndpointId),
     Inband(EndpointId),
     Bridge(EndpointId, EndpointId),
@@ -44,6 +82,7 @@ struct FakeNode {
     now_ms: u64,
     started: Instant,
     dids: HashMap<String, DidConfig>,
+    flows: Arc<FlowSet>,
     recorded_queues: Vec<String>,
     bindings: HashMap<String, (rsip::Uri, Peer)>,
     standbys: Option<Vec<NodeId>>,
@@ -60,8 +99,18 @@ impl FakeNode {
             "1000".to_owned(),
             DidConfig {
                 number: "1000".into(),
-                queue: "support".into(),
+                queue: Some("support".into()),
+                flow: None,
                 priority: 3,
+            },
+        );
+        dids.insert(
+            "10086".to_owned(),
+            DidConfig {
+                number: "10086".into(),
+                queue: None,
+                flow: Some("main".into()),
+                priority: 0,
             },
         );
         let mut bindings = HashMap::new();
@@ -73,6 +122,7 @@ impl FakeNode {
             now_ms: 1_000_000,
             started: Instant::now(),
             dids,
+            flows: Arc::new(toml::from_str(TEST_FLOWS).expect("test flows")),
             recorded_queues: vec!["support".into()],
             bindings,
             standbys: None,
@@ -114,6 +164,15 @@ impl CallEnv for FakeNode {
     }
     fn did(&self, number: &str) -> Option<DidConfig> {
         self.dids.get(number).cloned()
+    }
+    fn flows(&self) -> Arc<FlowSet> {
+        Arc::clone(&self.flows)
+    }
+    fn agents_logged_in(&self, queue: &str) -> u32 {
+        u32::from(queue == "support")
+    }
+    fn estimated_wait_secs(&self, _queue: &str) -> u64 {
+        30
     }
     fn queue_exists(&self, queue: &str) -> bool {
         ["support", "sales"].contains(&queue)
@@ -161,6 +220,16 @@ impl CallEnv for FakeNode {
     }
     fn play(&mut self, ep: EndpointId, sound: Sound, _looped: bool) {
         self.media.push(MediaOp::Play(ep, sound));
+    }
+    fn play_prompts(
+        &mut self,
+        ep: EndpointId,
+        prompts: &[String],
+        barge_in: bool,
+    ) -> Result<(), String> {
+        self.media
+            .push(MediaOp::Prompts(ep, prompts.to_vec(), barge_in));
+        Ok(())
     }
     fn stop_playback(&mut self, ep: EndpointId) {
         self.media.push(MediaOp::StopPlayback(ep));
@@ -1420,4 +1489,200 @@ fn a_held_call_taken_over_stays_held() {
     standby
         .set_hold(&mut env, false)
         .expect("resume on the standby");
+}
+
+fn caller_ep(call: &CallCore) -> EndpointId {
+    call.caller.endpoint.expect("caller endpoint").id
+}
+
+fn prompts_played(ops: &[MediaOp]) -> Vec<Vec<String>> {
+    ops.iter()
+        .filter_map(|op| match op {
+            MediaOp::Prompts(_, prompts, _) => Some(prompts.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn flow_timer(effects: &[Effect]) -> Timer {
+    timers(effects)
+        .into_iter()
+        .find(|t| matches!(t, Timer::Flow { .. }))
+        .expect("flow timer")
+}
+
+fn names(prompts: &[&str]) -> Vec<Vec<String>> {
+    prompts.iter().map(|p| vec![(*p).to_owned()]).collect()
+}
+
+#[test]
+fn a_flow_plays_its_prompts_and_a_menu_key_queues_the_caller_with_the_flow_priority() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "10086");
+    let effects = call.take_effects();
+    assert_eq!(responses(&effects), [183]);
+    assert!(queue_notes(&effects).is_empty());
+    assert_eq!(call.phase, Phase::Ivr);
+    let ep = caller_ep(&call);
+    let ops = env.took();
+    assert_eq!(prompts_played(&ops), names(&["zh/welcome"]));
+    assert!(!ops.contains(&MediaOp::Play(ep, Sound::MusicOnHold)));
+
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    assert_eq!(prompts_played(&env.took()), names(&["zh/menu"]));
+    // Barge-in: the key stops the menu prompt and is taken at once.
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::Dtmf {
+            endpoint: ep,
+            digit: '1',
+        }),
+    );
+    let effects = call.take_effects();
+    assert_eq!(
+        queue_notes(&effects),
+        [QueueNote::Enqueue {
+            priority: 10,
+            since_ms: 1_000_000
+        }]
+    );
+    assert!(env.took().contains(&MediaOp::Play(ep, Sound::MusicOnHold)));
+    assert_eq!(call.phase, Phase::Queued);
+    assert_eq!(call.record.queue.as_deref(), Some("sales"));
+    call.handle(&mut env, Input::CallerCancelled);
+    let record = record_of(&call.take_effects()).expect("record");
+    assert_eq!(record.flow.as_deref(), Some("main"));
+    assert_eq!(record.menu, "1");
+    assert_eq!(record.priority, 10);
+    assert_eq!(record.disposition, Disposition::Abandoned);
+}
+
+#[test]
+fn no_key_twice_goes_to_the_timeout_step_and_a_stale_timer_is_ignored() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "10086");
+    let ep = caller_ep(&call);
+    call.take_effects();
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    let first = flow_timer(&call.take_effects());
+    call.handle(&mut env, Input::Timer(first));
+    // The menu plays again, with a new timer once it ends.
+    assert_eq!(
+        prompts_played(&env.took()),
+        names(&["zh/welcome", "zh/menu", "zh/menu"])
+    );
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    let second = flow_timer(&call.take_effects());
+    assert_ne!(first, second);
+    call.handle(&mut env, Input::Timer(first));
+    assert_eq!(call.phase, Phase::Ivr, "the first timer no longer counts");
+    call.handle(&mut env, Input::Timer(second));
+    assert_eq!(call.phase, Phase::Queued);
+    assert_eq!(call.record.queue.as_deref(), Some("support"));
+    assert_eq!(call.record.menu, "");
+}
+
+#[test]
+fn a_closed_line_plays_its_prompt_then_refuses_and_records_closed() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "10086");
+    let ep = caller_ep(&call);
+    for event in [
+        MediaEvent::PlaybackFinished { endpoint: ep },
+        MediaEvent::Dtmf {
+            endpoint: ep,
+            digit: '0',
+        },
+    ] {
+        call.handle(&mut env, Input::Media(event));
+    }
+    assert_eq!(
+        prompts_played(&env.took()),
+        names(&["zh/welcome", "zh/menu", "zh/closed"])
+    );
+    call.take_effects();
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    let effects = call.take_effects();
+    assert_eq!(responses(&effects), [480]);
+    let record = record_of(&effects).expect("record");
+    assert_eq!(record.disposition, Disposition::Closed);
+    assert_eq!(record.menu, "0");
+    assert!(record.queue.is_none());
+}
+
+#[test]
+fn a_caller_mid_menu_is_taken_over_at_the_same_step_with_its_priority() {
+    let mut owner = FakeNode::clustered(&[2]);
+    let mut call = started_call(&mut owner, "10086");
+    let ep = caller_ep(&call);
+    call.handle(
+        &mut owner,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    call.take_effects();
+    let replica = copy_of(&call, &owner, ReplicaPhase::Ivr);
+
+    let mut env = FakeNode::clustered(&[3]);
+    let mut standby = CallCore::from_replica(&env, settings(true), replica).expect("restored");
+    standby.handle(&mut env, Input::Start);
+    let effects = standby.take_effects();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Adopt { .. })));
+    assert_eq!(standby.phase, Phase::Ivr);
+    let ops = env.took();
+    assert_eq!(prompts_played(&ops), names(&["zh/menu"]), "the menu again");
+    let new_ep = caller_ep(&standby);
+    standby.handle(
+        &mut env,
+        Input::Media(MediaEvent::Dtmf {
+            endpoint: new_ep,
+            digit: '2',
+        }),
+    );
+    let effects = standby.take_effects();
+    assert_eq!(
+        queue_notes(&effects),
+        [QueueNote::Enqueue {
+            priority: 10,
+            since_ms: 1_000_000
+        }]
+    );
+    assert_eq!(standby.record.menu, "2");
+}
+
+#[test]
+fn every_step_of_a_flow_is_copied_to_the_standbys() {
+    let mut env = FakeNode::clustered(&[2]);
+    let mut call = started_call(&mut env, "10086");
+    let ep = caller_ep(&call);
+    let copies = |call: &mut CallCore, env: &mut FakeNode| {
+        call.handle(env, Input::Timer(Timer::CopyToStandbys));
+        call.take_effects()
+            .iter()
+            .filter(|e| matches!(e, Effect::CopyTo { .. }))
+            .count()
+    };
+    call.take_effects();
+    assert_eq!(copies(&mut call, &mut env), 1, "welcome");
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    assert_eq!(copies(&mut call, &mut env), 1, "menu");
+    assert_eq!(copies(&mut call, &mut env), 0, "nothing changed");
 }

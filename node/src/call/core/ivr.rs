@@ -1,0 +1,123 @@
+//! A caller in an IVR flow: the core feeds the call's [`FlowRun`] and carries out its commands.
+//!
+//! ```text
+//! DID with a flow -> 183 with our media -> FlowRun Start
+//!   Play        prompts on the caller's endpoint (interruptible when the step barges in)
+//!   key press   RFC 4733 or in-band, from the caller's endpoint -> Digit
+//!   prompt end  PlaybackFinished -> PromptFinished(token);  timer -> Timer(token)
+//!   EnterQueue  music, queue with the flow's priority;  Hangup -> 480 with the disposition
+//! ```
+//!
+//! The run is part of the replica: a standby resumes the caller at the same step, its prompt
+//! played again from the start (`FlowRun::resume`).
+
+use std::time::Duration;
+
+use switchyard_flows::{FlowCommand, FlowEnv, FlowEvent, FlowRun};
+use switchyard_sip::rsip::StatusCode;
+
+use super::{CallCore, CallEnv, Effect, Phase, Sound, Timer};
+use crate::cdr::{Disposition, HangupBy};
+
+/// The queue figures a flow may branch on, read through the call's environment.
+struct QueueView<'a>(&'a dyn CallEnv);
+
+impl FlowEnv for QueueView<'_> {
+    fn agents_logged_in(&self, queue: &str) -> u32 {
+        self.0.agents_logged_in(queue)
+    }
+
+    fn estimated_wait_secs(&self, queue: &str) -> u64 {
+        self.0.estimated_wait_secs(queue)
+    }
+}
+
+impl CallCore {
+    /// Starts `run` for a caller just given early media.
+    pub(super) fn start_flow(&mut self, env: &mut dyn CallEnv, run: FlowRun) {
+        self.phase = Phase::Ivr;
+        self.record.flow = Some(run.flow.clone());
+        self.flow = Some(run);
+        self.step_flow(env, Some(FlowEvent::Start));
+    }
+
+    /// Continues a taken-over caller at the step its copy was at.
+    pub(super) fn resume_flow(&mut self, env: &mut dyn CallEnv) {
+        self.step_flow(env, None);
+    }
+
+    pub(super) fn flow_event(&mut self, env: &mut dyn CallEnv, event: FlowEvent) {
+        if self.phase == Phase::Ivr {
+            self.step_flow(env, Some(event));
+        }
+    }
+
+    /// Feeds `event` (or, with `None`, a resume) to the run and carries out what it asks.
+    fn step_flow(&mut self, env: &mut dyn CallEnv, event: Option<FlowEvent>) {
+        let Some(run) = self.flow.as_mut() else {
+            return;
+        };
+        let flows = env.flows();
+        let now = jiff::Timestamp::from_millisecond(env.now_ms() as i64)
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let commands = match event {
+            Some(event) => run.handle(&flows, &QueueView(env), now, event),
+            None => run.resume(&flows, &QueueView(env), now),
+        };
+        self.record.menu.clone_from(&run.menu_digits);
+        self.priority = run.priority;
+        for command in commands {
+            self.flow_command(env, command);
+            if self.phase != Phase::Ivr {
+                break;
+            }
+        }
+    }
+
+    fn flow_command(&mut self, env: &mut dyn CallEnv, command: FlowCommand) {
+        let Some(caller_ep) = self.caller.endpoint.map(|e| e.id) else {
+            return;
+        };
+        match command {
+            FlowCommand::Play {
+                prompts, barge_in, ..
+            } => {
+                if let Err(e) = env.play_prompts(caller_ep, &prompts, barge_in) {
+                    tracing::error!(call = %self.record.id, error = %e, "flow prompt cannot play");
+                    self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed);
+                }
+            }
+            FlowCommand::StopPlayback => env.stop_playback(caller_ep),
+            FlowCommand::StartTimer { token, after_ms } => self.emit(Effect::After {
+                delay: Duration::from_millis(after_ms),
+                timer: Timer::Flow { token },
+            }),
+            FlowCommand::EnterQueue {
+                queue, priority, ..
+            } => {
+                self.priority = priority;
+                env.play(caller_ep, Sound::MusicOnHold, true);
+                let now = env.now_ms();
+                self.enqueue(env, queue, now);
+            }
+            FlowCommand::Hangup { disposition } => {
+                let disposition = match disposition.as_str() {
+                    "closed" => Disposition::Closed,
+                    _ => Disposition::HungUp,
+                };
+                self.respond_to_caller(StatusCode::TemporarilyUnavailable);
+                self.finish(env, HangupBy::System, disposition);
+            }
+            FlowCommand::Transfer { number, .. } => {
+                // Trunks do not exist yet, so validation refuses transfer steps; a set stored
+                // before that check still must not leave the caller hanging.
+                tracing::error!(call = %self.record.id, %number, "flow transfer without trunks");
+                self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed);
+            }
+            FlowCommand::Failed { reason } => {
+                tracing::error!(call = %self.record.id, %reason, "flow failed");
+                self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed);
+            }
+        }
+    }
+}
