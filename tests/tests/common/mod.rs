@@ -846,6 +846,7 @@ rtp_port_min = {rtp_min}
 rtp_port_max = {rtp_max}
 music_on_hold = "music-on-hold.wav"
 goodbye_prompt = "goodbye.wav"
+prompts_dir = "{prompts}"
 
 [registrar]
 realm = "switchyard"
@@ -873,6 +874,7 @@ available_on_register = {available}
 {extra}
 {cluster}"#,
         site = cfg.site,
+        prompts = workspace_root().join("deploy/prompts").display(),
         cluster = cfg.cluster.as_ref().map(render_cluster).unwrap_or_default(),
         t1 = cfg.t1_ms,
         rtp_min = rtp.0,
@@ -967,6 +969,13 @@ pub struct Cdr {
     pub recording: Option<String>,
     #[serde(default)]
     pub seq: Option<u64>,
+    /// The IVR flow a DID sent the call into, the menu keys it took, its queue priority.
+    #[serde(default)]
+    pub flow: Option<String>,
+    #[serde(default)]
+    pub menu: String,
+    #[serde(default)]
+    pub priority: u8,
     /// `{"from_node", "at_ms", "outcome"}` on a call another node took over (failover).
     #[serde(default)]
     pub failover: Option<Value>,

@@ -42,6 +42,8 @@ pub struct Sipp {
     inf: Option<PathBuf>,
     timeout_secs: u64,
     trace_msg: bool,
+    /// The number a client scenario dials (`-s`, `[service]`).
+    service: String,
     extra: Vec<String>,
 }
 
@@ -62,8 +64,15 @@ impl Sipp {
             inf: None,
             timeout_secs: 60,
             trace_msg: true,
+            service: "1000".into(),
             extra: Vec::new(),
         }
+    }
+
+    /// The number the caller dials (default DID 1000).
+    pub fn dial(mut self, number: &str) -> Self {
+        number.clone_into(&mut self.service);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -156,6 +165,7 @@ impl Sipp {
                 .remote
                 .expect("a client SIPp run needs a remote address");
             args.push(remote.to_string());
+            args.extend(["-s".to_owned(), self.service.clone()]);
         }
         args.extend(
             [
