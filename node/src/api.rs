@@ -515,6 +515,7 @@ mod tests {
             flow: None,
             menu: String::new(),
             priority: 0,
+            survey_score: None,
             failover: None,
         }
     }

@@ -293,6 +293,10 @@ pub struct QueueConfig {
     /// Service level threshold: answered within this many seconds counts as in service level.
     #[serde(default = "default_service_level")]
     pub service_level_secs: u64,
+    /// A flow the caller enters when the agent hangs up first: a satisfaction survey, whose
+    /// `survey` variable (collected by the flow) is stored on the call record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survey: Option<String>,
 }
 
 /// A dialled number and where its calls go: straight to a queue, or into an IVR flow.
@@ -430,6 +434,14 @@ impl Config {
             }
         }
         for q in &self.queues {
+            if let Some(flow) = &q.survey
+                && !self.flows.iter().any(|f| &f.name == flow)
+            {
+                return invalid(format!(
+                    "queue {:?}: survey names unknown flow {flow:?}",
+                    q.name
+                ));
+            }
             if let Overflow::Queue { queue } = &q.overflow
                 && !queue_names.contains(queue.as_str())
             {

@@ -883,6 +883,7 @@ mod tests {
             wrap_up_secs: 5,
             record: false,
             service_level_secs: 20,
+            survey: None,
         }
     }
 

@@ -341,6 +341,10 @@ impl CallEnv for NodeEnv<'_> {
         self.ctx.queues.get(&queue.to_owned()).is_some()
     }
 
+    fn survey_flow(&self, queue: &str) -> Option<String> {
+        self.ctx.config.queue(queue).and_then(|q| q.survey.clone())
+    }
+
     fn queue_records(&self, queue: &str) -> bool {
         self.ctx.config.queue(queue).is_some_and(|q| q.record)
     }

@@ -147,6 +147,9 @@ pub struct CallRecord {
     /// Priority in the queue (from the DID or the flow); higher is served first.
     #[serde(default)]
     pub priority: u8,
+    /// The key (1-5) the caller pressed in the queue's survey after the agent hung up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survey_score: Option<u8>,
     /// Set when the node holding the call failed (or drained) and this node took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverRecord>,

@@ -290,6 +290,7 @@ mod tests {
             flow: None,
             menu: String::new(),
             priority: 0,
+            survey_score: None,
             failover: None,
         }
     }

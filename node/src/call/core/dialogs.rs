@@ -178,6 +178,10 @@ impl CallCore {
                 self.leave_queue();
                 self.finish(env, HangupBy::Caller, Disposition::Abandoned);
             }
+            // In the survey after the agent hung up: the conversation itself was answered.
+            Phase::Ivr if self.record.answered_ms.is_some() => {
+                self.finish(env, HangupBy::Agent, Disposition::Answered)
+            }
             Phase::Ivr => self.finish(env, HangupBy::Caller, Disposition::Abandoned),
             Phase::Queued | Phase::Routing => {
                 self.leave_queue();
@@ -189,9 +193,20 @@ impl CallCore {
     }
 
     fn on_agent_bye(&mut self, env: &mut dyn CallEnv) {
-        if self.phase == Phase::Connected {
-            self.hang_up_caller();
-            self.finish(env, HangupBy::Agent, Disposition::Answered);
+        if self.phase != Phase::Connected {
+            return;
+        }
+        let survey = self
+            .record
+            .queue
+            .as_deref()
+            .and_then(|queue| env.survey_flow(queue));
+        match survey {
+            Some(flow) => self.start_survey(env, &flow),
+            None => {
+                self.hang_up_caller();
+                self.finish(env, HangupBy::Agent, Disposition::Answered);
+            }
         }
     }
 

@@ -114,6 +114,7 @@ impl CallCore {
             flow: None,
             menu: String::new(),
             priority: 0,
+            survey_score: None,
             failover: None,
         };
         let caller = Leg {
@@ -325,7 +326,8 @@ impl CallCore {
 
     fn replica_phase(&self) -> Option<ReplicaPhase> {
         match self.phase {
-            Phase::Ivr => Some(ReplicaPhase::Ivr),
+            // A survey (answered, agent gone) is not copied: see `ivr`.
+            Phase::Ivr if self.record.answered_ms.is_none() => Some(ReplicaPhase::Ivr),
             Phase::Queued => Some(ReplicaPhase::Queued),
             Phase::Offering => Some(ReplicaPhase::Offering),
             // Still waiting for the answers to a take-over's re-INVITEs: not a call to copy.

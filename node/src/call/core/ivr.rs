@@ -10,10 +10,16 @@
 //!
 //! The run is part of the replica: a standby resumes the caller at the same step, its prompt
 //! played again from the start (`FlowRun::resume`).
+//!
+//! A survey is a flow too: when the agent hangs up first and the queue names a survey flow,
+//! the agent is freed at once and the caller, still in its answered dialog, is run through the
+//! flow; its `survey` variable (a key 1-5) goes on the record, and the flow's end is a BYE.
+//! A survey is not copied to standbys (they forget the call when it starts): losing the node
+//! then loses the survey and its record, never a conversation.
 
 use std::time::Duration;
 
-use switchyard_flows::{FlowCommand, FlowEnv, FlowEvent, FlowRun};
+use switchyard_flows::{FlowCommand, FlowEnv, FlowEvent, FlowRun, SURVEY_VAR};
 use switchyard_sip::rsip::StatusCode;
 
 use super::{CallCore, CallEnv, Effect, Phase, Sound, Timer};
@@ -39,6 +45,46 @@ impl CallCore {
         self.record.flow = Some(run.flow.clone());
         self.flow = Some(run);
         self.step_flow(env, Some(FlowEvent::Start));
+    }
+
+    /// The agent hung up first: free the agent, and put the caller into `flow`.
+    pub(super) fn start_survey(&mut self, env: &mut dyn CallEnv, flow: &str) {
+        let flows = env.flows();
+        let Some(flow) = flows.flow(flow) else {
+            tracing::warn!(call = %self.record.id, flow, "survey flow no longer exists");
+            self.hang_up_caller();
+            return self.finish(env, HangupBy::Agent, Disposition::Answered);
+        };
+        if let Some(mut agent) = self.take_agent() {
+            self.record.agent_rtp = agent.endpoint.and_then(|e| env.rtp_stats(e.id));
+            Self::release_endpoint(env, agent.endpoint.take());
+            self.emit(Effect::Release {
+                sip_call_id: agent.sip_call_id.clone(),
+            });
+            if let Some(agent_id) = agent.agent_id() {
+                let agent_id = agent_id.to_owned();
+                self.emit(Effect::AgentFree { agent_id });
+            }
+        }
+        self.forget_replica();
+        let mut run = FlowRun::new(flow, &self.record.caller, &self.record.did);
+        run.priority = self.priority;
+        self.phase = Phase::Ivr;
+        self.flow = Some(run);
+        self.step_flow(env, Some(FlowEvent::Start));
+    }
+
+    /// Ends a flow's call: a caller still in early media is refused, one in a survey (answered)
+    /// gets a BYE.
+    fn end_flow(&mut self, env: &mut dyn CallEnv, code: StatusCode, disposition: Disposition) {
+        if self.record.answered_ms.is_some() {
+            let score = self.flow.as_ref().and_then(|run| run.vars.get(SURVEY_VAR));
+            self.record.survey_score = score.and_then(|s| s.parse().ok());
+            self.hang_up_caller();
+            self.finish(env, HangupBy::Agent, Disposition::Answered);
+        } else {
+            self.refuse(env, code, disposition);
+        }
     }
 
     /// Continues a taken-over caller at the step its copy was at.
@@ -84,7 +130,7 @@ impl CallCore {
             } => {
                 if let Err(e) = env.play_prompts(caller_ep, &prompts, barge_in) {
                     tracing::error!(call = %self.record.id, error = %e, "flow prompt cannot play");
-                    self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed);
+                    self.end_flow(env, StatusCode::ServiceUnavailable, Disposition::Failed);
                 }
             }
             FlowCommand::StopPlayback => env.stop_playback(caller_ep),
@@ -92,6 +138,10 @@ impl CallCore {
                 delay: Duration::from_millis(after_ms),
                 timer: Timer::Flow { token },
             }),
+            FlowCommand::EnterQueue { queue, .. } if self.record.answered_ms.is_some() => {
+                tracing::warn!(call = %self.record.id, %queue, "a survey cannot queue the caller again");
+                self.end_flow(env, StatusCode::ServiceUnavailable, Disposition::Failed);
+            }
             FlowCommand::EnterQueue {
                 queue, priority, ..
             } => {
@@ -105,18 +155,17 @@ impl CallCore {
                     "closed" => Disposition::Closed,
                     _ => Disposition::HungUp,
                 };
-                self.respond_to_caller(StatusCode::TemporarilyUnavailable);
-                self.finish(env, HangupBy::System, disposition);
+                self.end_flow(env, StatusCode::TemporarilyUnavailable, disposition);
             }
             FlowCommand::Transfer { number, .. } => {
                 // Trunks do not exist yet, so validation refuses transfer steps; a set stored
                 // before that check still must not leave the caller hanging.
                 tracing::error!(call = %self.record.id, %number, "flow transfer without trunks");
-                self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed);
+                self.end_flow(env, StatusCode::ServiceUnavailable, Disposition::Failed);
             }
             FlowCommand::Failed { reason } => {
                 tracing::error!(call = %self.record.id, %reason, "flow failed");
-                self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed);
+                self.end_flow(env, StatusCode::ServiceUnavailable, Disposition::Failed);
             }
         }
     }

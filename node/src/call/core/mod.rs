@@ -75,6 +75,9 @@ pub trait CallEnv {
     fn estimated_wait_secs(&self, queue: &str) -> u64;
     /// Whether queue `queue` exists anywhere in the cluster.
     fn queue_exists(&self, queue: &str) -> bool;
+    /// The flow a caller of `queue` enters when the agent hangs up first (a satisfaction
+    /// survey), if the queue has one.
+    fn survey_flow(&self, queue: &str) -> Option<String>;
     /// Whether calls answered from `queue` are recorded.
     fn queue_records(&self, queue: &str) -> bool;
     /// The binding of `extension` in this node's registrar: its contact, and where its

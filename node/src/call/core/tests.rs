@@ -53,6 +53,16 @@ branch_time = { schedule = "late", open = "support", closed = "closed" }
 [flow.steps.closed]
 hangup = { prompt = ["closed"], disposition = "closed" }
 
+[[flow]]
+name = "survey"
+start = "ask"
+language = "en"
+[flow.steps.ask]
+collect = { prompt = ["survey"], var = "survey", max_digits = 1, accept = "12345", terminator = "", on_fail = "bye" }
+next = "bye"
+[flow.steps.bye]
+hangup = { prompt = ["survey-thanks"], disposition = "survey" }
+
 [[schedule]]
 name = "late"
 time_zone = "Asia/Shanghai"
@@ -83,6 +93,8 @@ struct FakeNode {
     started: Instant,
     dids: HashMap<String, DidConfig>,
     flows: Arc<FlowSet>,
+    /// The survey flow of queue `support`.
+    survey: Option<String>,
     recorded_queues: Vec<String>,
     bindings: HashMap<String, (rsip::Uri, Peer)>,
     standbys: Option<Vec<NodeId>>,
@@ -123,6 +135,7 @@ impl FakeNode {
             started: Instant::now(),
             dids,
             flows: Arc::new(toml::from_str(TEST_FLOWS).expect("test flows")),
+            survey: None,
             recorded_queues: vec!["support".into()],
             bindings,
             standbys: None,
@@ -176,6 +189,9 @@ impl CallEnv for FakeNode {
     }
     fn queue_exists(&self, queue: &str) -> bool {
         ["support", "sales"].contains(&queue)
+    }
+    fn survey_flow(&self, queue: &str) -> Option<String> {
+        self.survey.clone().filter(|_| queue == "support")
     }
     fn queue_records(&self, queue: &str) -> bool {
         self.recorded_queues.iter().any(|q| q == queue)
@@ -1685,4 +1701,56 @@ fn every_step_of_a_flow_is_copied_to_the_standbys() {
     );
     assert_eq!(copies(&mut call, &mut env), 1, "menu");
     assert_eq!(copies(&mut call, &mut env), 0, "nothing changed");
+}
+
+#[test]
+fn when_the_agent_hangs_up_first_the_caller_takes_the_survey_and_its_score_is_recorded() {
+    let mut env = FakeNode::clustered(&[2]);
+    env.survey = Some("survey".into());
+    let mut call = connected_call(&mut env);
+    call.handle(&mut env, Input::Timer(Timer::CopyToStandbys));
+    call.take_effects();
+    env.took();
+    let bye = in_dialog(Method::Bye, call.agent().expect("agent"), 2, "");
+    call.handle(&mut env, request_input(bye, AGENT));
+    let effects = call.take_effects();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::AgentFree { agent_id } if agent_id == "2001")),
+        "the agent is free at once: {effects:?}"
+    );
+    assert!(effects.iter().any(|e| matches!(e, Effect::Forget { .. })));
+    assert!(sent(&effects, Method::Bye).is_empty(), "the caller stays");
+    assert!(record_of(&effects).is_none());
+    assert_eq!(call.phase, Phase::Ivr);
+    let ep = caller_ep(&call);
+    assert_eq!(prompts_played(&env.took()), names(&["en/survey"]));
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::Dtmf {
+            endpoint: ep,
+            digit: '4',
+        }),
+    );
+    assert_eq!(prompts_played(&env.took()), names(&["en/survey-thanks"]));
+    call.handle(&mut env, Input::Timer(Timer::CopyToStandbys));
+    assert!(
+        !call
+            .take_effects()
+            .iter()
+            .any(|e| matches!(e, Effect::CopyTo { .. })),
+        "a survey is not copied"
+    );
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    let effects = call.take_effects();
+    assert_eq!(sent(&effects, Method::Bye).len(), 1, "BYE to the caller");
+    let record = record_of(&effects).expect("record");
+    assert_eq!(record.survey_score, Some(4));
+    assert_eq!(record.disposition, Disposition::Answered);
+    assert_eq!(record.hangup_by, HangupBy::Agent);
+    assert_eq!(record.agent.as_deref(), Some("2001"));
 }
