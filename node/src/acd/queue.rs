@@ -869,13 +869,16 @@ pub async fn spawn_queue(args: QueueArgs) -> Result<ActorRef<QueueMsg>, SpawnErr
 
 #[cfg(test)]
 mod tests {
+    use switchyard_routing::Strategy;
+
     use super::*;
-    use crate::config::Strategy;
 
     fn config() -> QueueConfig {
         QueueConfig {
             name: "sales".into(),
             strategy: Strategy::LongestIdle,
+            routing: Vec::new(),
+            pools: Vec::new(),
             offer_timeout_secs: 15,
             max_missed_offers: 3,
             max_wait_secs: 60,
