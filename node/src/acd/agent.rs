@@ -28,6 +28,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::Directory;
 use switchyard_cluster::state::NodeId;
+use switchyard_routing::{AgentLoad, AgentProfile};
 
 use super::{AgentId, AgentMsg, CallId, OfferOutcome, QueueMsg, RequestedState};
 use crate::config::{AgentSpec, QueueConfig};
@@ -152,6 +153,9 @@ pub struct AgentState {
     pub answered: u64,
     /// Offers unanswered, rejected or failed (caller abandons excluded).
     pub missed: u64,
+    /// Milliseconds connected, summed over the answered calls (least-talk-time).
+    #[serde(default)]
+    pub talk_ms_total: u64,
     /// The agent's phone has a registered contact (at any node).
     pub registered: bool,
     /// Contacts by node, most recently reported first; no node with an empty list.
@@ -177,6 +181,7 @@ impl AgentState {
             offers: 0,
             answered: 0,
             missed: 0,
+            talk_ms_total: 0,
             registered: false,
             contacts: Vec::new(),
             available_on_register,
@@ -203,6 +208,15 @@ impl AgentState {
             (false, true) => self.registered(now_ms),
             (true, false) => self.unregistered(now_ms),
             _ => Transition::None,
+        }
+    }
+
+    /// What the load-based strategies compare: calls taken are the answered offers.
+    pub fn load(&self) -> AgentLoad {
+        AgentLoad {
+            idle_since_ms: self.idle_since_ms,
+            calls_taken: self.answered,
+            talk_ms_total: self.talk_ms_total,
         }
     }
 
@@ -300,7 +314,10 @@ impl AgentState {
     /// Also accepted while Offered: the hang-up can overtake the answer the queue relays.
     pub fn call_ended(&mut self, call_id: &str, wrap_up_ms: u64, now_ms: u64) -> Transition {
         match &self.status {
-            AgentStatus::OnCall { call_id: c, .. } if c == call_id => {}
+            AgentStatus::OnCall { call_id: c, .. } if c == call_id => {
+                let talk_ms = now_ms.saturating_sub(self.state_since_ms);
+                self.talk_ms_total = self.talk_ms_total.saturating_add(talk_ms);
+            }
             AgentStatus::Offered { call_id: c, .. } if c == call_id => {
                 self.answered += 1;
                 self.consecutive_misses = 0;
@@ -493,6 +510,8 @@ pub fn policies(
 
 pub struct AgentActorState {
     agent: AgentState,
+    /// Who the agent is to routing, from its configuration.
+    profile: AgentProfile,
     policies: HashMap<String, QueuePolicy>,
     queues: Directory<String, QueueMsg>,
     fence: Fence,
@@ -562,9 +581,9 @@ impl AgentActorState {
             return;
         };
         let msg = match transition {
-            Transition::Available { idle_since_ms } => QueueMsg::AgentAvailable {
-                agent_id: agent_id.clone(),
-                idle_since_ms,
+            Transition::Available { .. } => QueueMsg::AgentAvailable {
+                profile: self.profile.clone(),
+                load: self.agent.load(),
             },
             Transition::Unavailable | Transition::None => QueueMsg::AgentUnavailable {
                 agent_id: agent_id.clone(),
@@ -586,6 +605,7 @@ impl Actor for AgentActor {
         _myself: ActorRef<AgentMsg>,
         args: AgentArgs,
     ) -> Result<AgentActorState, ActorProcessingErr> {
+        let profile = args.spec.profile();
         let agent = match args.restored {
             Some(mut restored) if restored.extension == args.spec.extension => {
                 tracing::info!(agent = %restored.extension, status = restored.status.name(),
@@ -605,6 +625,7 @@ impl Actor for AgentActor {
         metrics::gauge!("switchyard_agents", "status" => agent.status.name()).increment(1.0);
         Ok(AgentActorState {
             agent,
+            profile,
             policies: args.policies,
             queues: args.queues,
             fence: args.fence,
@@ -895,6 +916,10 @@ mod tests {
         assert_eq!(a.call_queue(), Some("sales"));
         assert_eq!(a.call_ended("c1", 5_000, 100), Transition::None);
         assert_eq!(
+            a.talk_ms_total, 75,
+            "on call from the answer at 25 to the end at 100"
+        );
+        assert_eq!(
             a.status,
             AgentStatus::WrapUp {
                 call_id: "c1".into(),
@@ -910,6 +935,14 @@ mod tests {
             }
         );
         assert_eq!(a.answered, 1);
+        assert_eq!(
+            a.load(),
+            AgentLoad {
+                idle_since_ms: 5_100,
+                calls_taken: 1,
+                talk_ms_total: 75
+            }
+        );
     }
 
     #[test]

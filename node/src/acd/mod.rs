@@ -2,11 +2,14 @@
 //!
 //! The protocol between the three actor kinds, so that no agent is ever offered two calls:
 //!
-//! 1. A call actor sends [`QueueMsg::Enqueue`] with its [`CallAddr`] (node and call id).
+//! 1. A call actor sends [`QueueMsg::Enqueue`] with its [`CallAddr`] (node and call id), and
+//!    optionally a preferred agent who alone may take the call until a deadline.
 //! 2. Agent actors tell each of their queues when they become available
-//!    ([`QueueMsg::AgentAvailable`]) or stop being available ([`QueueMsg::AgentUnavailable`]).
-//! 3. With a caller waiting and an agent available, the queue picks the caller (priority, then
-//!    FIFO) and the agent (longest idle), and asks the agent actor to [`AgentMsg::Reserve`] itself.
+//!    ([`QueueMsg::AgentAvailable`], with their routing profile and load) or stop being
+//!    available ([`QueueMsg::AgentUnavailable`]).
+//! 3. For each caller waiting (priority, then first entry into any queue, then FIFO), the queue
+//!    picks an available agent with `switchyard_routing` (skills step in force, pool turn,
+//!    strategy), and asks the agent actor to [`AgentMsg::Reserve`] itself.
 //!    The agent actor is the only place that moves an agent from Available to Offered, so two
 //!    queues racing for one agent cannot both win.
 //! 4. On a successful reservation (which answers with the agent's registered contacts) the queue
@@ -30,6 +33,7 @@ pub mod queue;
 use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::state::NodeId;
+use switchyard_routing::{AgentLoad, AgentProfile, PreferredAgent};
 
 #[cfg(doc)]
 use crate::call::CallMsg;
@@ -49,6 +53,9 @@ pub enum QueueMsg {
         priority: u8,
         /// Unix milliseconds when the caller first entered any queue; an overflowed caller keeps it.
         since_ms: u64,
+        /// The agent a flow asked for: only they may take the call until the deadline, after
+        /// which the queue's routing steps apply (counting from the deadline).
+        preferred: Option<PreferredAgent>,
     },
     /// The caller left before being connected (hung up, cancelled).
     Abandon { call_id: CallId },
@@ -58,12 +65,13 @@ pub enum QueueMsg {
         agent_id: AgentId,
         outcome: OfferOutcome,
     },
-    /// An agent serving this queue became available.
-    /// The queue addresses the agent by id through its agent directory.
+    /// An agent serving this queue became available (or changed its load while available).
+    /// The queue addresses the agent by `profile.id` through its agent directory.
     AgentAvailable {
-        agent_id: AgentId,
-        /// Unix milliseconds since which the agent has been idle (for longest-idle).
-        idle_since_ms: u64,
+        /// Skills, pool, site and team, for skills routing and pool split.
+        profile: AgentProfile,
+        /// Idle since, calls taken and talk time, for the strategies.
+        load: AgentLoad,
     },
     /// An agent serving this queue is no longer available (offered elsewhere, on a call, not ready).
     AgentUnavailable { agent_id: AgentId },
@@ -161,6 +169,8 @@ pub enum WireQueueMsg {
         call: CallAddr,
         priority: u8,
         since_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preferred: Option<PreferredAgent>,
     },
     Abandon {
         call_id: CallId,
@@ -171,8 +181,8 @@ pub enum WireQueueMsg {
         outcome: OfferOutcome,
     },
     AgentAvailable {
-        agent_id: AgentId,
-        idle_since_ms: u64,
+        profile: AgentProfile,
+        load: AgentLoad,
     },
     AgentUnavailable {
         agent_id: AgentId,
@@ -192,10 +202,12 @@ impl From<WireQueueMsg> for QueueMsg {
                 call,
                 priority,
                 since_ms,
+                preferred,
             } => Self::Enqueue {
                 call,
                 priority,
                 since_ms,
+                preferred,
             },
             WireQueueMsg::Abandon { call_id } => Self::Abandon { call_id },
             WireQueueMsg::OfferOutcome {
@@ -207,13 +219,9 @@ impl From<WireQueueMsg> for QueueMsg {
                 agent_id,
                 outcome,
             },
-            WireQueueMsg::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            } => Self::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            },
+            WireQueueMsg::AgentAvailable { profile, load } => {
+                Self::AgentAvailable { profile, load }
+            }
             WireQueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
         }
     }
@@ -229,10 +237,12 @@ impl TryFrom<QueueMsg> for WireQueueMsg {
                 call,
                 priority,
                 since_ms,
+                preferred,
             } => Self::Enqueue {
                 call,
                 priority,
                 since_ms,
+                preferred,
             },
             QueueMsg::Abandon { call_id } => Self::Abandon { call_id },
             QueueMsg::OfferOutcome {
@@ -244,13 +254,7 @@ impl TryFrom<QueueMsg> for WireQueueMsg {
                 agent_id,
                 outcome,
             },
-            QueueMsg::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            } => Self::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            },
+            QueueMsg::AgentAvailable { profile, load } => Self::AgentAvailable { profile, load },
             QueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
             other @ (QueueMsg::Tick | QueueMsg::Snapshot(_)) => return Err(other),
         })
@@ -344,6 +348,10 @@ mod tests {
                 },
                 priority: 2,
                 since_ms: 99,
+                preferred: Some(PreferredAgent {
+                    agent: "2001".into(),
+                    until_ms: 120,
+                }),
             },
             WireQueueMsg::Abandon {
                 call_id: "c1".into(),
@@ -357,8 +365,18 @@ mod tests {
                 outcome: OfferOutcome::Rejected,
             },
             WireQueueMsg::AgentAvailable {
-                agent_id: "2001".into(),
-                idle_since_ms: 7,
+                profile: AgentProfile {
+                    id: "2001".into(),
+                    skills: vec![switchyard_routing::Skill::new("billing", 4)],
+                    pool: "in-house".into(),
+                    site: "paris".into(),
+                    team: None,
+                },
+                load: AgentLoad {
+                    idle_since_ms: 7,
+                    calls_taken: 3,
+                    talk_ms_total: 90_000,
+                },
             },
             WireQueueMsg::AgentUnavailable {
                 agent_id: "2001".into(),

@@ -169,6 +169,7 @@ mod tests {
                     },
                     priority: 1,
                     since_ms: 5,
+                    preferred: None,
                 },
             },
             Tell::Agent {
