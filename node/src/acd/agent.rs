@@ -20,15 +20,22 @@
 //!   answers with those contacts, so the node the call is on can ring the phone.
 //! - The actor grants reservations only while its node may act for it ([`Fence`]); otherwise it
 //!   leaves `Reserve` unanswered and the queue tries again later.
+//! - An agent that becomes available first takes the best caller across all its queues (the
+//!   fair pick): it asks each queue for its candidate ([`QueueMsg::Candidate`], unanswered
+//!   within [`CANDIDATE_TIMEOUT`]: none), picks with `select_caller` (priority, then longest
+//!   waiting), reserves itself and tells that queue ([`QueueMsg::Claimed`]). Only when no queue
+//!   has a caller for it does it announce itself available to all of them. The asks run on a
+//!   task of their own, so the actor keeps answering meanwhile.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::Directory;
 use switchyard_cluster::state::NodeId;
-use switchyard_routing::{AgentLoad, AgentProfile};
+use switchyard_routing::{AgentLoad, AgentProfile, CallerCandidate, select_caller};
 
 use super::{AgentId, AgentMsg, CallId, OfferOutcome, QueueMsg, RequestedState};
 use crate::config::{AgentSpec, QueueConfig};
@@ -38,6 +45,9 @@ use crate::time::unix_ms;
 
 /// Reason given when too many consecutive offers went unanswered.
 pub const NO_ANSWER_REASON: &str = "no-answer";
+
+/// How long a freed agent waits for each queue's candidate before going on without it.
+pub const CANDIDATE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What an agent is doing.
 #[derive(
@@ -479,6 +489,10 @@ impl From<&QueueConfig> for QueuePolicy {
 /// still offered by then lost the outcome with its failed home.
 const RESTORED_OFFER_GRACE: Duration = Duration::from_secs(2);
 
+/// Past its queue's offer timeout and the queue's own watchdog grace, a claimed offer whose
+/// queue never took it up (the claim was lost) is written off.
+const CLAIM_GRACE: Duration = Duration::from_secs(12);
+
 /// Thin actor around [`AgentState`].
 pub struct AgentActor;
 
@@ -520,6 +534,8 @@ pub struct AgentActorState {
     replicated: Option<AgentState>,
     /// A `CopyToHeir` is on its way.
     copy_pending: bool,
+    /// The current fair-pick round; answers of older rounds are stale.
+    round: u64,
 }
 
 /// How long a changed agent state waits before it is copied to the heir: a call's changes
@@ -572,6 +588,85 @@ impl AgentActorState {
         for name in &self.agent.queues {
             self.tell_queue(name, transition);
         }
+    }
+
+    /// The agent just became available: asks its queues for their candidates (see the module
+    /// docs), answered to the actor with [`AgentMsg::Candidates`]. A fenced agent announces
+    /// itself at once: its queues' reservations will wait until it may act.
+    fn fair_pick(&mut self, myself: &ActorRef<AgentMsg>, transition: Transition) {
+        self.round += 1;
+        if !self.fence.can_act() {
+            self.notify(transition);
+            return;
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        for name in &self.agent.queues {
+            let Some(queue) = self.queues.get(name) else {
+                continue;
+            };
+            let (name, agent) = (name.clone(), self.profile.clone());
+            asks.spawn(async move {
+                let reply = queue
+                    .call(
+                        |reply| QueueMsg::Candidate { agent, reply },
+                        Some(CANDIDATE_TIMEOUT),
+                    )
+                    .await;
+                match reply {
+                    Ok(CallResult::Success(Some(candidate))) => Some((name, candidate)),
+                    _ => None,
+                }
+            });
+        }
+        let (myself, round) = (myself.clone(), self.round);
+        tokio::spawn(async move {
+            let candidates = asks.join_all().await.into_iter().flatten().collect();
+            // A stopped agent needs no answer.
+            let _ = myself.send_message(AgentMsg::Candidates { round, candidates });
+        });
+    }
+
+    /// The candidates of round `round` came in: take the best one, or announce the agent.
+    fn picked(
+        &mut self,
+        myself: &ActorRef<AgentMsg>,
+        round: u64,
+        candidates: Vec<(String, CallerCandidate)>,
+        now_ms: u64,
+    ) {
+        if round != self.round || self.agent.status != AgentStatus::Available {
+            return;
+        }
+        let (mut names, mut callers): (Vec<String>, Vec<CallerCandidate>) =
+            candidates.into_iter().unzip();
+        let claim = select_caller(&self.profile, &callers).and_then(|i| {
+            let (queue_name, call_id) = (names.swap_remove(i), callers.swap_remove(i).call_id);
+            let queue = self.queues.get(&queue_name)?;
+            self.agent
+                .reserve(call_id.clone(), queue_name.clone(), now_ms)
+                .then_some((queue_name, queue, call_id))
+        });
+        let Some((queue_name, queue, call_id)) = claim else {
+            let idle_since_ms = self.agent.idle_since_ms;
+            self.notify(Transition::Available { idle_since_ms });
+            return;
+        };
+        let claimed = QueueMsg::Claimed {
+            call_id: call_id.clone(),
+            agent_id: self.agent.extension.clone(),
+            contacts: self.agent.contact_uris(),
+        };
+        if queue.send_message(claimed).is_err() {
+            tracing::warn!(agent = %self.agent.extension, queue = %queue_name,
+                "queue actor has stopped; its claim is written off later");
+        }
+        // Should the claim be lost, the agent is freed once the offer must have ended.
+        let ring = Duration::from_secs(self.policy(Some(&queue_name)).offer_timeout_secs);
+        let since_ms = self.agent.state_since_ms;
+        myself.send_after(ring + CLAIM_GRACE, move || AgentMsg::OfferExpired {
+            call_id,
+            since_ms,
+        });
     }
 
     fn tell_queue(&self, name: &String, transition: Transition) {
@@ -632,6 +727,7 @@ impl Actor for AgentActor {
             failover: args.failover,
             replicated: None,
             copy_pending: false,
+            round: 0,
         })
     }
 
@@ -657,7 +753,7 @@ impl Actor for AgentActor {
                 let ring = Duration::from_secs(state.policy(Some(&queue)).offer_timeout_secs);
                 let since_ms = state.agent.state_since_ms;
                 myself.send_after(ring + RESTORED_OFFER_GRACE, move || {
-                    AgentMsg::RestoredOfferExpired { call_id, since_ms }
+                    AgentMsg::OfferExpired { call_id, since_ms }
                 });
             }
             _ => {}
@@ -741,10 +837,14 @@ impl Actor for AgentActor {
                 transition
             }
             AgentMsg::WrapUpDone { call_id } => agent.wrap_up_done(&call_id, now),
-            AgentMsg::RestoredOfferExpired { call_id, since_ms } => {
+            AgentMsg::Candidates { round, candidates } => {
+                state.picked(&myself, round, candidates, now);
+                Transition::None
+            }
+            AgentMsg::OfferExpired { call_id, since_ms } => {
                 if agent.state_since_ms == since_ms {
                     tracing::info!(agent = %agent.extension, call = %call_id,
-                        "restored offer never reported; freeing the agent");
+                        "offer never reported; freeing the agent");
                     agent.offer_missed(&call_id, OfferOutcome::CallerAbandoned, 0, now)
                 } else {
                     Transition::None
@@ -770,7 +870,10 @@ impl Actor for AgentActor {
                 Transition::None
             }
         };
-        state.notify(transition);
+        match transition {
+            Transition::Available { .. } => state.fair_pick(&myself, transition),
+            _ => state.notify(transition),
+        }
         record_metrics(&before, &state.agent);
         state.replicate(&myself);
         Ok(())

@@ -4,12 +4,19 @@
 //!
 //! 1. A call actor sends [`QueueMsg::Enqueue`] with its [`CallAddr`] (node and call id), and
 //!    optionally a preferred agent who alone may take the call until a deadline.
-//! 2. Agent actors tell each of their queues when they become available
-//!    ([`QueueMsg::AgentAvailable`], with their routing profile and load) or stop being
-//!    available ([`QueueMsg::AgentUnavailable`]).
-//! 3. For each caller waiting (priority, then first entry into any queue, then FIFO), the queue
-//!    picks an available agent with `switchyard_routing` (skills step in force, pool turn,
-//!    strategy), and asks the agent actor to [`AgentMsg::Reserve`] itself.
+//! 2. An agent that becomes available first makes the fair pick across its queues, wherever
+//!    they are homed: it asks each for its candidate ([`QueueMsg::Candidate`]: the first caller
+//!    in line it may take now), picks the highest priority, then the longest waiting, reserves
+//!    itself for that call and tells its queue ([`QueueMsg::Claimed`]), which goes on at 4. A
+//!    queue that does not answer in time counts as having no candidate; a claim its queue
+//!    never takes up is written off by the agent after the offer timeout.
+//! 3. With no candidate anywhere, the agent tells each of its queues that it is available
+//!    ([`QueueMsg::AgentAvailable`], with its routing profile and load) and later that it is no
+//!    longer ([`QueueMsg::AgentUnavailable`]). For each caller in line (priority, then first
+//!    entry into any queue, then FIFO), the queue picks an agent with `switchyard_routing`
+//!    (skills step in force, pool turn, strategy; ring-all rings one agent at a time, longest
+//!    idle first), and asks it to [`AgentMsg::Reserve`] itself. A caller nobody idle may take
+//!    keeps its place; the queue looks again when its routing step widens.
 //!    The agent actor is the only place that moves an agent from Available to Offered, so two
 //!    queues racing for one agent cannot both win.
 //! 4. On a successful reservation (which answers with the agent's registered contacts) the queue
@@ -17,7 +24,7 @@
 //!    back with [`QueueMsg::OfferOutcome`]; the queue relays the outcome to the agent
 //!    ([`AgentMsg::OfferAnswered`] / [`AgentMsg::OfferMissed`]).
 //! 5. When the connected call ends the call actor sends [`AgentMsg::CallEnded`]; the agent wraps
-//!    up and becomes available again.
+//!    up and becomes available again (back to 2).
 //!
 //! State is plain data ([`queue::QueueState`], [`agent::AgentState`]) owned by the actor, so the
 //! failover issue can replicate it.
@@ -33,7 +40,7 @@ pub mod queue;
 use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::state::NodeId;
-use switchyard_routing::{AgentLoad, AgentProfile, PreferredAgent};
+use switchyard_routing::{AgentLoad, AgentProfile, CallerCandidate, PreferredAgent};
 
 #[cfg(doc)]
 use crate::call::CallMsg;
@@ -75,7 +82,23 @@ pub enum QueueMsg {
     },
     /// An agent serving this queue is no longer available (offered elsewhere, on a call, not ready).
     AgentUnavailable { agent_id: AgentId },
-    /// Periodic check of max-wait overflow.
+    /// An agent that just freed up asks which caller this queue would give it (the fair pick
+    /// across its queues): the first in line, not ringing an agent, that it may take now.
+    /// `None` also when the queue may not act now.
+    Candidate {
+        agent: AgentProfile,
+        reply: RpcReplyPort<Option<CallerCandidate>>,
+    },
+    /// The agent picked this queue's candidate and reserved itself for it (it is Offered):
+    /// offer it the call, or release it if the caller is gone or already ringing someone.
+    Claimed {
+        call_id: CallId,
+        agent_id: AgentId,
+        /// The agent's registered contacts, as a reservation answers them.
+        contacts: Vec<String>,
+    },
+    /// Periodic check of max-wait overflow and watchdogs; also sent when a waiting caller's
+    /// routing step widens, to pair it then.
     Tick,
     /// Current state, for the HTTP API.
     Snapshot(RpcReplyPort<queue::QueueSnapshot>),
@@ -150,9 +173,16 @@ pub enum AgentMsg {
     /// Send the state to the agent's heir if it changed (sent by the actor to itself, a moment
     /// after a change, so that a burst of changes costs one copy).
     CopyToHeir,
-    /// A restored agent's offer must have ended by now (sent by the actor to itself): still
-    /// offered for `call_id` since `since_ms`, it lost the outcome with its failed home.
-    RestoredOfferExpired { call_id: CallId, since_ms: u64 },
+    /// The candidates the agent's queues answered for its fair-pick round `round` (sent by the
+    /// actor to itself), with the queue each came from.
+    Candidates {
+        round: u64,
+        candidates: Vec<(String, CallerCandidate)>,
+    },
+    /// An offer must have ended by now (sent by the actor to itself): still offered for
+    /// `call_id` since `since_ms`, the agent lost its outcome (a restored agent's failed home,
+    /// or a claim its queue never received).
+    OfferExpired { call_id: CallId, since_ms: u64 },
     /// Operator request from the HTTP API.
     SetState {
         state: RequestedState,
@@ -187,12 +217,20 @@ pub enum WireQueueMsg {
     AgentUnavailable {
         agent_id: AgentId,
     },
+    Claimed {
+        call_id: CallId,
+        agent_id: AgentId,
+        contacts: Vec<String>,
+    },
 }
 
-/// The [`QueueMsg`] asks that cross the mesh; answered with [`queue::QueueSnapshot`].
+/// The [`QueueMsg`] asks that cross the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueAsk {
+    /// Answered with [`queue::QueueSnapshot`].
     Snapshot,
+    /// Answered with `Option<CallerCandidate>`, as [`QueueMsg::Candidate`].
+    Candidate { agent: AgentProfile },
 }
 
 impl From<WireQueueMsg> for QueueMsg {
@@ -223,6 +261,15 @@ impl From<WireQueueMsg> for QueueMsg {
                 Self::AgentAvailable { profile, load }
             }
             WireQueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
+            WireQueueMsg::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            } => Self::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            },
         }
     }
 }
@@ -256,7 +303,18 @@ impl TryFrom<QueueMsg> for WireQueueMsg {
             },
             QueueMsg::AgentAvailable { profile, load } => Self::AgentAvailable { profile, load },
             QueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
-            other @ (QueueMsg::Tick | QueueMsg::Snapshot(_)) => return Err(other),
+            QueueMsg::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            } => Self::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            },
+            other @ (QueueMsg::Tick | QueueMsg::Snapshot(_) | QueueMsg::Candidate { .. }) => {
+                return Err(other);
+            }
         })
     }
 }
@@ -321,7 +379,8 @@ impl TryFrom<AgentMsg> for WireAgentMsg {
             AgentMsg::CallEnded { call_id } => Self::CallEnded { call_id },
             other @ (AgentMsg::WrapUpDone { .. }
             | AgentMsg::CopyToHeir
-            | AgentMsg::RestoredOfferExpired { .. }
+            | AgentMsg::Candidates { .. }
+            | AgentMsg::OfferExpired { .. }
             | AgentMsg::Reserve { .. }
             | AgentMsg::SetState { .. }
             | AgentMsg::Snapshot(_)) => return Err(other),
@@ -380,6 +439,11 @@ mod tests {
             },
             WireQueueMsg::AgentUnavailable {
                 agent_id: "2001".into(),
+            },
+            WireQueueMsg::Claimed {
+                call_id: "c1".into(),
+                agent_id: "2001".into(),
+                contacts: vec!["sip:2001@127.0.0.1:5070".into()],
             },
         ];
         for wire in tells {
@@ -467,6 +531,13 @@ mod tests {
         ] {
             assert_eq!(round_trip(&ask), ask);
         }
-        assert_eq!(round_trip(&QueueAsk::Snapshot), QueueAsk::Snapshot);
+        for ask in [
+            QueueAsk::Snapshot,
+            QueueAsk::Candidate {
+                agent: AgentProfile::new("2001"),
+            },
+        ] {
+            assert_eq!(round_trip(&ask), ask);
+        }
     }
 }

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_cluster::Directory;
 
 use switchyard_routing::{
-    self as routing, IdleAgent, PreferredAgent, QueueRouting, RouterState, select_agents,
+    self as routing, AgentProfile, CallerCandidate, IdleAgent, PreferredAgent, QueueRouting,
+    RouterState, select_agents,
 };
 
 use super::{AgentId, AgentMsg, CallId, OfferOutcome, QueueMsg};
@@ -295,8 +296,10 @@ impl QueueState {
     /// Adds an agent, or updates its profile and load if already available.
     pub fn agent_available(&mut self, agent: IdleAgent) {
         self.agent_unavailable(&agent.profile.id);
-        let key = |a: &IdleAgent| (a.load.idle_since_ms, a.profile.id.clone());
-        let at = self.available.partition_point(|a| key(a) < key(&agent));
+        let key = (agent.load.idle_since_ms, &agent.profile.id);
+        let at = self
+            .available
+            .partition_point(|a| (a.load.idle_since_ms, &a.profile.id) < key);
         self.available.insert(at, agent);
     }
 
@@ -372,6 +375,35 @@ impl QueueState {
             // Ring-all offers one agent at a time: the first selected is the longest idle.
             if let Some(&i) = selection.agents().first() {
                 return Some((routed.call_id, self.available[i].profile.id.clone()));
+            }
+        }
+        None
+    }
+
+    /// The caller this queue would give `agent` if it took one now, for the agent's pick across
+    /// its queues: the first in line, not ringing an agent, that the agent may take (a held
+    /// caller holds the line, as in [`QueueState::next_pairing_holding`]).
+    pub fn candidate_for(
+        &self,
+        agent: &AgentProfile,
+        held: impl Fn(&str) -> bool,
+        now_ms: u64,
+    ) -> Option<CallerCandidate> {
+        for place in &self.line {
+            if held(&place.call_id) {
+                return None;
+            }
+            let Some(caller) = self.callers.get(&place.call_id) else {
+                continue;
+            };
+            if self.offers.contains_key(&place.call_id) {
+                continue;
+            }
+            let candidate = caller
+                .routed(&place.call_id)
+                .candidate(&self.routing, now_ms);
+            if candidate.constraint.admits(agent) {
+                return Some(candidate);
             }
         }
         None
@@ -602,7 +634,7 @@ impl QueueActorState {
             // over (it re-joins the queue, or reports their ringing offer failed, from its own
             // address); `tick` drops those that never come back.
             let (calls, fence) = (&self.calls, &self.fence);
-            let held = |call_id: &str| calls.get(call_id).is_some_and(|c| fence.has_failed(c.node));
+            let held = |call_id: &str| is_held(calls, fence, call_id);
             let Some((call_id, agent_id)) = self.queue.next_pairing_holding(held, unix_ms()) else {
                 break;
             };
@@ -638,30 +670,65 @@ impl QueueActorState {
                     continue;
                 }
             };
-            if !self
-                .queue
-                .begin_offer(&call_id, agent_id.clone(), unix_ms())
-            {
-                // The pairing cannot change while this handler awaits; never strand the agent.
-                release(&agent, call_id);
-                continue;
-            }
-            let offer = WireCallMsg::Offer {
-                agent_id: agent_id.clone(),
-                queue: self.queue.name.clone(),
-                ring_timeout_secs: self.queue.offer_timeout_secs,
-                contacts,
-                offered_ms: unix_ms(),
-            };
-            let sent = self
-                .calls
-                .get(&call_id)
-                .is_some_and(|call| self.postman.deliver(call, offer).is_ok());
-            if !sent {
-                tracing::info!(queue = %self.queue.name, call = %call_id,
-                    "call actor gone before its offer; removing the caller");
-                self.call_gone(&call_id);
-            }
+            // The pairing cannot change while this handler awaits; should it have, `make_offer`
+            // releases the agent.
+            self.make_offer(&agent, call_id, agent_id, contacts);
+        }
+    }
+
+    /// The caller whom this queue would give `agent`, if this node may act for the queue.
+    fn candidate_for(&self, agent: &AgentProfile) -> Option<CallerCandidate> {
+        if !self.fence.can_act() {
+            return None;
+        }
+        let held = |call_id: &str| is_held(&self.calls, &self.fence, call_id);
+        self.queue.candidate_for(agent, held, unix_ms())
+    }
+
+    /// An agent reserved itself for this queue's candidate (the fair pick): offer it the call.
+    fn claimed(&mut self, call_id: CallId, agent_id: AgentId, contacts: Vec<String>) {
+        let Some(agent) = self.agents.get(&agent_id) else {
+            tracing::warn!(queue = %self.queue.name, agent = %agent_id, "claim by an unknown agent");
+            return;
+        };
+        if !self.fence.can_act() || is_held(&self.calls, &self.fence, &call_id) {
+            release(&agent, call_id);
+            return;
+        }
+        self.make_offer(&agent, call_id, agent_id, contacts);
+    }
+
+    /// Turns a reservation of `agent` into an offer of `call_id` sent to its call actor; releases
+    /// the agent instead if the caller has left or is already ringing another agent.
+    fn make_offer(
+        &mut self,
+        agent: &ActorRef<AgentMsg>,
+        call_id: CallId,
+        agent_id: AgentId,
+        contacts: Vec<String>,
+    ) {
+        if !self
+            .queue
+            .begin_offer(&call_id, agent_id.clone(), unix_ms())
+        {
+            release(agent, call_id);
+            return;
+        }
+        let offer = WireCallMsg::Offer {
+            agent_id: agent_id.clone(),
+            queue: self.queue.name.clone(),
+            ring_timeout_secs: self.queue.offer_timeout_secs,
+            contacts,
+            offered_ms: unix_ms(),
+        };
+        let sent = self
+            .calls
+            .get(&call_id)
+            .is_some_and(|call| self.postman.deliver(call, offer).is_ok());
+        if !sent {
+            tracing::info!(queue = %self.queue.name, call = %call_id,
+                "call actor gone before its offer; removing the caller");
+            self.call_gone(&call_id);
         }
     }
 
@@ -808,6 +875,11 @@ impl QueueActorState {
     }
 }
 
+/// Whether `call_id` is a caller of a failed node, holding its place for its standby.
+fn is_held(calls: &HashMap<CallId, CallAddr>, fence: &Fence, call_id: &str) -> bool {
+    calls.get(call_id).is_some_and(|c| fence.has_failed(c.node))
+}
+
 /// Frees a reservation that no offer will follow, without counting a miss.
 fn release(agent: &ActorRef<AgentMsg>, call_id: CallId) {
     let msg = AgentMsg::OfferMissed {
@@ -910,6 +982,16 @@ impl Actor for QueueActor {
                 state.queue.agent_available(IdleAgent { profile, load })
             }
             QueueMsg::AgentUnavailable { agent_id } => state.queue.agent_unavailable(&agent_id),
+            QueueMsg::Candidate { agent, reply } => {
+                // The agent may have given up waiting; it then announces itself to all.
+                let _ = reply.send(state.candidate_for(&agent));
+                return Ok(());
+            }
+            QueueMsg::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            } => state.claimed(call_id, agent_id, contacts),
             QueueMsg::Tick => state.tick(),
             QueueMsg::Snapshot(reply) => {
                 // A caller that timed out no longer wants the answer.
@@ -943,7 +1025,7 @@ pub async fn spawn_queue(args: QueueArgs) -> Result<ActorRef<QueueMsg>, SpawnErr
 #[cfg(test)]
 mod tests {
     use switchyard_routing::{
-        AgentLoad, AgentProfile, PoolWeight, Requirement, RoutingStep, Skill, Strategy,
+        AgentLoad, PoolWeight, Requirement, RoutingStep, Skill, Strategy, select_caller,
     };
 
     use super::*;
@@ -1423,7 +1505,41 @@ mod tests {
         q.agent_unavailable("manager");
         assert_eq!(q.next_pairing(20_000), pair("c1", "other"));
     }
+
+    #[test]
+    fn a_freed_agent_takes_the_best_admissible_caller_across_its_queues() {
+        let agent = skilled("2001", &[("billing", 2)], "", 0).profile;
+        // Billing: the head needs an expert for 10 s more, the next one anyone with billing.
+        let mut billing = routed(Strategy::LongestIdle, BILLING_4_FOR_10S_THEN_1);
+        billing.enqueue("expert-only".into(), 0, 100, None, 15_000);
+        billing.enqueue("b-ringing".into(), 0, 150, None, 150);
+        billing.begin_offer("b-ringing", "x".into(), 200);
+        billing.enqueue("b-any".into(), 0, 300, None, 300);
+        let mut sales = routed(Strategy::LongestIdle, &[]);
+        sales.enqueue("s-old".into(), 0, 200, None, 200);
+        sales.enqueue("s-vip".into(), 5, 900, None, 900);
+        let now = 20_000;
+        let b = billing.candidate_for(&agent, |_| false, now).unwrap();
+        assert_eq!(b.call_id, "b-any", "the first caller in line it may take");
+        let s = sales.candidate_for(&agent, |_| false, now).unwrap();
+        assert_eq!(s.call_id, "s-vip");
+        let candidates = [b.clone(), s];
+        assert_eq!(select_caller(&agent, &candidates), Some(1), "the VIP first");
+        sales.abandon("s-vip");
+        let candidates = [b, sales.candidate_for(&agent, |_| false, now).unwrap()];
+        assert_eq!(
+            select_caller(&agent, &candidates),
+            Some(1),
+            "then the longest waiting: s-old (200) before b-any (300)"
+        );
+        assert_eq!(
+            billing.candidate_for(&agent, |c| c == "expert-only", now),
+            None,
+            "a held caller holds the line"
+        );
+    }
 }
+
 /// The protocol end to end: real queue and agent actors, and a fake call actor standing in for
 /// the call module (it records what the ACD sends it and plays scripted offer outcomes).
 #[cfg(test)]
@@ -1585,6 +1701,16 @@ mod protocol_tests {
         }
 
         async fn call(&self, id: &str, queue: &str, script: &[OfferOutcome]) -> ActorRef<CallMsg> {
+            self.call_with_priority(id, queue, 0, script).await
+        }
+
+        async fn call_with_priority(
+            &self,
+            id: &str,
+            queue: &str,
+            priority: u8,
+            script: &[OfferOutcome],
+        ) -> ActorRef<CallMsg> {
             let state = FakeCallState {
                 id: id.into(),
                 script: script.iter().copied().collect(),
@@ -1597,7 +1723,7 @@ mod protocol_tests {
                 queue,
                 QueueMsg::Enqueue {
                     call: addr(id),
-                    priority: 0,
+                    priority,
                     since_ms: unix_ms(),
                     preferred: None,
                 },
@@ -2044,5 +2170,79 @@ mod protocol_tests {
         let q = h.queue("sales").await;
         assert_eq!((q.waiting, q.ringing, q.abandoned), (0, 0, 1));
         h.quiet(100).await;
+    }
+
+    const TWO_QUEUES: &str = r#"
+        [[queue]]
+        name = "sales"
+        [[queue]]
+        name = "support"
+        [[agents]]
+        extensions = "2001"
+        password = "pw"
+        queues = ["sales", "support"]
+        available_on_register = true
+    "#;
+
+    #[tokio::test]
+    async fn a_freed_agent_takes_the_vip_of_another_queue_before_an_older_caller() {
+        let mut h = Harness::new(TWO_QUEUES).await;
+        h.call("s-old", "sales", &[]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        h.call_with_priority("t-vip", "support", 5, &[]).await;
+        h.to_agent("2001", registered("2001"));
+        assert_eq!(h.next().await, offer("t-vip", "2001", "support"));
+        h.report("support", "t-vip", "2001", OfferOutcome::CallerAbandoned);
+        assert_eq!(h.next().await, offer("s-old", "2001", "sales"));
+    }
+
+    #[tokio::test]
+    async fn a_freed_agent_takes_the_longest_waiting_caller_across_queues() {
+        let mut h = Harness::new(TWO_QUEUES).await;
+        h.call("t-old", "support", &[]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        h.call("s-new", "sales", &[]).await;
+        h.to_agent("2001", registered("2001"));
+        assert_eq!(h.next().await, offer("t-old", "2001", "support"));
+        let q = h.queue("sales").await;
+        assert_eq!((q.waiting, q.ringing, q.agent_offers), (1, 0, 0));
+    }
+
+    /// A queue actor that takes every message and answers none.
+    struct Silent;
+
+    impl Actor for Silent {
+        type Msg = QueueMsg;
+        type State = Vec<QueueMsg>;
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<QueueMsg>,
+            _: (),
+        ) -> Result<Vec<QueueMsg>, ActorProcessingErr> {
+            Ok(Vec::new())
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<QueueMsg>,
+            msg: QueueMsg,
+            kept: &mut Vec<QueueMsg>,
+        ) -> Result<(), ActorProcessingErr> {
+            // Keeping the reply ports leaves the asks unanswered rather than refused.
+            kept.push(msg);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_does_not_answer_does_not_keep_the_agent_from_the_others() {
+        let mut h = Harness::new(TWO_QUEUES).await;
+        let (silent, _) = Actor::spawn(None, Silent, ()).await.unwrap();
+        h.queues.insert("support".into(), silent);
+        h.call("s1", "sales", &[]).await;
+        h.to_agent("2001", registered("2001"));
+        assert_eq!(h.next().await, offer("s1", "2001", "sales"));
     }
 }
