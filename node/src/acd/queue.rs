@@ -29,7 +29,6 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::Directory;
-
 use switchyard_routing::{
     self as routing, AgentProfile, CallerCandidate, IdleAgent, PreferredAgent, QueueRouting,
     RouterState, select_agents,
