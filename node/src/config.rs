@@ -4,12 +4,13 @@
 //! Cross-field checks (a DID naming an unknown queue, an empty port range) run in
 //! [`Config::validate`] so a bad file fails at start-up with a message naming the field.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use switchyard_flows::{Flow, FlowSet, NumberList, Schedule};
+use switchyard_routing::{AgentProfile, PoolWeight, QueueRouting, RoutingStep, Skill, Strategy};
 use switchyard_sip::digest::Algorithm;
 
 #[derive(Debug, thiserror::Error)]
@@ -249,14 +250,6 @@ impl Default for RegistrarConfig {
     }
 }
 
-/// How a queue picks among available agents.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// The agent idle for the longest time since their last call (or since becoming available).
-    LongestIdle,
-}
-
 /// Where a caller goes after waiting `max_wait_secs`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "action")]
@@ -271,8 +264,15 @@ pub enum Overflow {
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     pub name: String,
-    #[serde(default = "default_strategy")]
+    /// How the queue picks among the eligible idle agents (see `switchyard_routing`).
+    #[serde(default)]
     pub strategy: Strategy,
+    /// Skills a caller needs, widening with the wait; none: anyone may take the calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routing: Vec<RoutingStep>,
+    /// Split of the offers between agent pools by weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolWeight>,
     /// Seconds an offered agent may ring before the call goes to the next agent.
     #[serde(default = "default_offer_timeout")]
     pub offer_timeout_secs: u64,
@@ -297,6 +297,18 @@ pub struct QueueConfig {
     /// `survey` variable (collected by the flow) is stored on the call record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub survey: Option<String>,
+}
+
+impl QueueConfig {
+    /// The queue's routing, as the routing crate decides with it.
+    pub fn routing(&self) -> QueueRouting {
+        QueueRouting {
+            name: self.name.clone(),
+            strategy: self.strategy,
+            routing: self.routing.clone(),
+            pools: self.pools.clone(),
+        }
+    }
 }
 
 /// A dialled number and where its calls go: straight to a queue, or into an IVR flow.
@@ -345,15 +357,53 @@ pub struct AgentGroupConfig {
     /// Log the agent in as Available as soon as a phone registers (used by load tests).
     #[serde(default)]
     pub available_on_register: bool,
+    /// Skills by name with levels 1-5 (`{ billing = 5, french = 2 }`), for skills routing.
+    #[serde(default)]
+    pub skills: BTreeMap<String, u8>,
+    /// The pool the agents belong to (in-house, a partner), for a queue's `pools`.
+    #[serde(default)]
+    pub pool: String,
+    #[serde(default)]
+    pub site: String,
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 /// One agent, expanded from an [`AgentGroupConfig`].
+///
+/// Also the replicated `agent/<ext>` document: the routing fields default, so documents
+/// written before them still read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentSpec {
     pub extension: String,
     pub password: String,
     pub queues: Vec<String>,
     pub available_on_register: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skills: BTreeMap<String, u8>,
+    #[serde(default)]
+    pub pool: String,
+    #[serde(default)]
+    pub site: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+impl AgentSpec {
+    /// Who the agent is to routing.
+    pub fn profile(&self) -> AgentProfile {
+        AgentProfile {
+            id: self.extension.clone(),
+            skills: self
+                .skills
+                .iter()
+                .map(|(name, &level)| Skill::new(name.as_str(), level))
+                .collect(),
+            pool: self.pool.clone(),
+            site: self.site.clone(),
+            team: self.team.clone(),
+        }
+    }
 }
 
 impl Config {
@@ -432,6 +482,9 @@ impl Config {
                     q.name
                 ));
             }
+            q.routing()
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         for q in &self.queues {
             if let Some(flow) = &q.survey
@@ -514,6 +567,10 @@ impl Config {
             if !extensions.insert(agent.extension.clone()) {
                 return invalid(format!("agent {} is defined twice", agent.extension));
             }
+            agent
+                .profile()
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(())
     }
@@ -528,6 +585,10 @@ impl Config {
                     extension,
                     queues: group.queues.clone(),
                     available_on_register: group.available_on_register,
+                    skills: group.skills.clone(),
+                    pool: group.pool.clone(),
+                    site: group.site.clone(),
+                    team: group.team.clone(),
                 });
             }
         }
@@ -637,9 +698,6 @@ fn default_failure_window() -> u64 {
 fn default_digest_algorithms() -> Vec<String> {
     vec!["MD5".into()]
 }
-fn default_strategy() -> Strategy {
-    Strategy::LongestIdle
-}
 fn default_offer_timeout() -> u64 {
     15
 }
@@ -702,5 +760,95 @@ mod tests {
             err.contains("cluster.failure_timeout_ms") && err.contains("at least 500"),
             "{err}"
         );
+    }
+
+    fn acd_config(extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "[sip]\nlisten = \"127.0.0.1:5060\"\n[http]\nlisten = \"127.0.0.1:8080\"\n{extra}"
+        );
+        let config: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn queue_routing_and_agent_skills_are_read_and_carried_into_the_profile() {
+        let config = acd_config(
+            r#"
+            [[queue]]
+            name = "billing"
+            strategy = "skills-best"
+            routing = [{ skills = { billing = 4 }, for_secs = 10 }, { skills = { billing = 1 } }]
+            pools = [{ pool = "in-house", weight = 70 }, { pool = "partner", weight = 30 }]
+            [[queue]]
+            name = "sales"
+            [[agents]]
+            extensions = "2001-2002"
+            password = "pw"
+            queues = ["billing"]
+            skills = { billing = 5, french = 2 }
+            pool = "in-house"
+            site = "paris"
+            team = "b2b"
+            "#,
+        )
+        .unwrap();
+        let billing = config.queue("billing").unwrap().routing();
+        assert_eq!(billing.strategy, Strategy::SkillsBest);
+        assert_eq!(billing.routing.len(), 2);
+        assert_eq!(billing.pools[1].weight, 30);
+        assert_eq!(
+            config.queue("sales").unwrap().strategy,
+            Strategy::LongestIdle
+        );
+        let profile = config.agents().unwrap()[1].profile();
+        assert_eq!(profile.id, "2002");
+        assert_eq!((profile.level("billing"), profile.level("french")), (5, 2));
+        assert_eq!(
+            (profile.pool.as_str(), profile.site.as_str()),
+            ("in-house", "paris")
+        );
+        assert_eq!(profile.team.as_deref(), Some("b2b"));
+    }
+
+    #[test]
+    fn a_bad_routing_config_names_the_queue_or_agent_and_the_field() {
+        let queue = |routing: &str| {
+            acd_config(&format!("[[queue]]\nname = \"billing\"\n{routing}")).unwrap_err()
+        };
+        let err = queue("routing = [{ skills = { billing = 6 } }]");
+        assert!(
+            err.contains("\"billing\"") && err.contains("routing[0].skills.billing"),
+            "{err}"
+        );
+        let err = queue("routing = [{ skills = { billing = 4 }, for_secs = 10 }]");
+        assert!(err.contains("routing[0].for_secs"), "{err}");
+        let err = queue("pools = [{ pool = \"a\", weight = 0 }]");
+        assert!(err.contains("pools[0].weight"), "{err}");
+        let err = queue("strategy = \"fastest\"");
+        assert!(err.contains("strategy"), "{err}");
+        let err = acd_config(
+            "[[queue]]\nname = \"q\"\n[[agents]]\nextensions = \"2001\"\npassword = \"pw\"\n\
+             queues = [\"q\"]\nskills = { billing = 0 }",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("\"2001\"") && err.contains("skills.billing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn documents_written_before_routing_still_read() {
+        let queue: QueueConfig =
+            serde_json::from_str(r#"{"name":"sales","strategy":"longest-idle"}"#).unwrap();
+        assert!(queue.routing.is_empty() && queue.pools.is_empty());
+        let agent: AgentSpec = serde_json::from_str(
+            r#"{"extension":"2001","password":"pw","queues":["sales"],"available_on_register":false}"#,
+        )
+        .unwrap();
+        assert!(agent.skills.is_empty() && agent.team.is_none());
+        let json = serde_json::to_string(&agent).unwrap();
+        assert_eq!(serde_json::from_str::<AgentSpec>(&json).unwrap(), agent);
     }
 }

@@ -20,14 +20,22 @@
 //!   answers with those contacts, so the node the call is on can ring the phone.
 //! - The actor grants reservations only while its node may act for it ([`Fence`]); otherwise it
 //!   leaves `Reserve` unanswered and the queue tries again later.
+//! - An agent that becomes available first takes the best caller across all its queues (the
+//!   fair pick): it asks each queue for its candidate ([`QueueMsg::Candidate`], unanswered
+//!   within [`CANDIDATE_TIMEOUT`]: none), picks with `select_caller` (priority, then longest
+//!   waiting), reserves itself and tells that queue ([`QueueMsg::Claimed`]). Only when no queue
+//!   has a caller for it does it announce itself available to all of them. The asks run on a
+//!   task of their own, so the actor keeps answering meanwhile.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::Directory;
 use switchyard_cluster::state::NodeId;
+use switchyard_routing::{AgentLoad, AgentProfile, CallerCandidate, select_caller};
 
 use super::{AgentId, AgentMsg, CallId, OfferOutcome, QueueMsg, RequestedState};
 use crate::config::{AgentSpec, QueueConfig};
@@ -37,6 +45,9 @@ use crate::time::unix_ms;
 
 /// Reason given when too many consecutive offers went unanswered.
 pub const NO_ANSWER_REASON: &str = "no-answer";
+
+/// How long a freed agent waits for each queue's candidate before going on without it.
+pub const CANDIDATE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What an agent is doing.
 #[derive(
@@ -152,6 +163,9 @@ pub struct AgentState {
     pub answered: u64,
     /// Offers unanswered, rejected or failed (caller abandons excluded).
     pub missed: u64,
+    /// Milliseconds connected, summed over the answered calls (least-talk-time).
+    #[serde(default)]
+    pub talk_ms_total: u64,
     /// The agent's phone has a registered contact (at any node).
     pub registered: bool,
     /// Contacts by node, most recently reported first; no node with an empty list.
@@ -177,6 +191,7 @@ impl AgentState {
             offers: 0,
             answered: 0,
             missed: 0,
+            talk_ms_total: 0,
             registered: false,
             contacts: Vec::new(),
             available_on_register,
@@ -203,6 +218,15 @@ impl AgentState {
             (false, true) => self.registered(now_ms),
             (true, false) => self.unregistered(now_ms),
             _ => Transition::None,
+        }
+    }
+
+    /// What the load-based strategies compare: calls taken are the answered offers.
+    pub fn load(&self) -> AgentLoad {
+        AgentLoad {
+            idle_since_ms: self.idle_since_ms,
+            calls_taken: self.answered,
+            talk_ms_total: self.talk_ms_total,
         }
     }
 
@@ -300,7 +324,10 @@ impl AgentState {
     /// Also accepted while Offered: the hang-up can overtake the answer the queue relays.
     pub fn call_ended(&mut self, call_id: &str, wrap_up_ms: u64, now_ms: u64) -> Transition {
         match &self.status {
-            AgentStatus::OnCall { call_id: c, .. } if c == call_id => {}
+            AgentStatus::OnCall { call_id: c, .. } if c == call_id => {
+                let talk_ms = now_ms.saturating_sub(self.state_since_ms);
+                self.talk_ms_total = self.talk_ms_total.saturating_add(talk_ms);
+            }
             AgentStatus::Offered { call_id: c, .. } if c == call_id => {
                 self.answered += 1;
                 self.consecutive_misses = 0;
@@ -462,6 +489,10 @@ impl From<&QueueConfig> for QueuePolicy {
 /// still offered by then lost the outcome with its failed home.
 const RESTORED_OFFER_GRACE: Duration = Duration::from_secs(2);
 
+/// Past its queue's offer timeout and the queue's own watchdog grace, a claimed offer whose
+/// queue never took it up (the claim was lost) is written off.
+const CLAIM_GRACE: Duration = Duration::from_secs(12);
+
 /// Thin actor around [`AgentState`].
 pub struct AgentActor;
 
@@ -493,6 +524,8 @@ pub fn policies(
 
 pub struct AgentActorState {
     agent: AgentState,
+    /// Who the agent is to routing, from its configuration.
+    profile: AgentProfile,
     policies: HashMap<String, QueuePolicy>,
     queues: Directory<String, QueueMsg>,
     fence: Fence,
@@ -501,6 +534,8 @@ pub struct AgentActorState {
     replicated: Option<AgentState>,
     /// A `CopyToHeir` is on its way.
     copy_pending: bool,
+    /// The current fair-pick round; answers of older rounds are stale.
+    round: u64,
 }
 
 /// How long a changed agent state waits before it is copied to the heir: a call's changes
@@ -555,6 +590,85 @@ impl AgentActorState {
         }
     }
 
+    /// The agent just became available: asks its queues for their candidates (see the module
+    /// docs), answered to the actor with [`AgentMsg::Candidates`]. A fenced agent announces
+    /// itself at once: its queues' reservations will wait until it may act.
+    fn fair_pick(&mut self, myself: &ActorRef<AgentMsg>, transition: Transition) {
+        self.round += 1;
+        if !self.fence.can_act() {
+            self.notify(transition);
+            return;
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        for name in &self.agent.queues {
+            let Some(queue) = self.queues.get(name) else {
+                continue;
+            };
+            let (name, agent) = (name.clone(), self.profile.clone());
+            asks.spawn(async move {
+                let reply = queue
+                    .call(
+                        |reply| QueueMsg::Candidate { agent, reply },
+                        Some(CANDIDATE_TIMEOUT),
+                    )
+                    .await;
+                match reply {
+                    Ok(CallResult::Success(Some(candidate))) => Some((name, candidate)),
+                    _ => None,
+                }
+            });
+        }
+        let (myself, round) = (myself.clone(), self.round);
+        tokio::spawn(async move {
+            let candidates = asks.join_all().await.into_iter().flatten().collect();
+            // A stopped agent needs no answer.
+            let _ = myself.send_message(AgentMsg::Candidates { round, candidates });
+        });
+    }
+
+    /// The candidates of round `round` came in: take the best one, or announce the agent.
+    fn picked(
+        &mut self,
+        myself: &ActorRef<AgentMsg>,
+        round: u64,
+        candidates: Vec<(String, CallerCandidate)>,
+        now_ms: u64,
+    ) {
+        if round != self.round || self.agent.status != AgentStatus::Available {
+            return;
+        }
+        let (mut names, mut callers): (Vec<String>, Vec<CallerCandidate>) =
+            candidates.into_iter().unzip();
+        let claim = select_caller(&self.profile, &callers).and_then(|i| {
+            let (queue_name, call_id) = (names.swap_remove(i), callers.swap_remove(i).call_id);
+            let queue = self.queues.get(&queue_name)?;
+            self.agent
+                .reserve(call_id.clone(), queue_name.clone(), now_ms)
+                .then_some((queue_name, queue, call_id))
+        });
+        let Some((queue_name, queue, call_id)) = claim else {
+            let idle_since_ms = self.agent.idle_since_ms;
+            self.notify(Transition::Available { idle_since_ms });
+            return;
+        };
+        let claimed = QueueMsg::Claimed {
+            call_id: call_id.clone(),
+            agent_id: self.agent.extension.clone(),
+            contacts: self.agent.contact_uris(),
+        };
+        if queue.send_message(claimed).is_err() {
+            tracing::warn!(agent = %self.agent.extension, queue = %queue_name,
+                "queue actor has stopped; its claim is written off later");
+        }
+        // Should the claim be lost, the agent is freed once the offer must have ended.
+        let ring = Duration::from_secs(self.policy(Some(&queue_name)).offer_timeout_secs);
+        let since_ms = self.agent.state_since_ms;
+        myself.send_after(ring + CLAIM_GRACE, move || AgentMsg::OfferExpired {
+            call_id,
+            since_ms,
+        });
+    }
+
     fn tell_queue(&self, name: &String, transition: Transition) {
         let agent_id = &self.agent.extension;
         let Some(queue) = self.queues.get(name) else {
@@ -562,9 +676,9 @@ impl AgentActorState {
             return;
         };
         let msg = match transition {
-            Transition::Available { idle_since_ms } => QueueMsg::AgentAvailable {
-                agent_id: agent_id.clone(),
-                idle_since_ms,
+            Transition::Available { .. } => QueueMsg::AgentAvailable {
+                profile: self.profile.clone(),
+                load: self.agent.load(),
             },
             Transition::Unavailable | Transition::None => QueueMsg::AgentUnavailable {
                 agent_id: agent_id.clone(),
@@ -586,6 +700,7 @@ impl Actor for AgentActor {
         _myself: ActorRef<AgentMsg>,
         args: AgentArgs,
     ) -> Result<AgentActorState, ActorProcessingErr> {
+        let profile = args.spec.profile();
         let agent = match args.restored {
             Some(mut restored) if restored.extension == args.spec.extension => {
                 tracing::info!(agent = %restored.extension, status = restored.status.name(),
@@ -605,12 +720,14 @@ impl Actor for AgentActor {
         metrics::gauge!("switchyard_agents", "status" => agent.status.name()).increment(1.0);
         Ok(AgentActorState {
             agent,
+            profile,
             policies: args.policies,
             queues: args.queues,
             fence: args.fence,
             failover: args.failover,
             replicated: None,
             copy_pending: false,
+            round: 0,
         })
     }
 
@@ -636,7 +753,7 @@ impl Actor for AgentActor {
                 let ring = Duration::from_secs(state.policy(Some(&queue)).offer_timeout_secs);
                 let since_ms = state.agent.state_since_ms;
                 myself.send_after(ring + RESTORED_OFFER_GRACE, move || {
-                    AgentMsg::RestoredOfferExpired { call_id, since_ms }
+                    AgentMsg::OfferExpired { call_id, since_ms }
                 });
             }
             _ => {}
@@ -720,10 +837,14 @@ impl Actor for AgentActor {
                 transition
             }
             AgentMsg::WrapUpDone { call_id } => agent.wrap_up_done(&call_id, now),
-            AgentMsg::RestoredOfferExpired { call_id, since_ms } => {
+            AgentMsg::Candidates { round, candidates } => {
+                state.picked(&myself, round, candidates, now);
+                Transition::None
+            }
+            AgentMsg::OfferExpired { call_id, since_ms } => {
                 if agent.state_since_ms == since_ms {
                     tracing::info!(agent = %agent.extension, call = %call_id,
-                        "restored offer never reported; freeing the agent");
+                        "offer never reported; freeing the agent");
                     agent.offer_missed(&call_id, OfferOutcome::CallerAbandoned, 0, now)
                 } else {
                     Transition::None
@@ -749,7 +870,10 @@ impl Actor for AgentActor {
                 Transition::None
             }
         };
-        state.notify(transition);
+        match transition {
+            Transition::Available { .. } => state.fair_pick(&myself, transition),
+            _ => state.notify(transition),
+        }
         record_metrics(&before, &state.agent);
         state.replicate(&myself);
         Ok(())
@@ -895,6 +1019,10 @@ mod tests {
         assert_eq!(a.call_queue(), Some("sales"));
         assert_eq!(a.call_ended("c1", 5_000, 100), Transition::None);
         assert_eq!(
+            a.talk_ms_total, 75,
+            "on call from the answer at 25 to the end at 100"
+        );
+        assert_eq!(
             a.status,
             AgentStatus::WrapUp {
                 call_id: "c1".into(),
@@ -910,6 +1038,14 @@ mod tests {
             }
         );
         assert_eq!(a.answered, 1);
+        assert_eq!(
+            a.load(),
+            AgentLoad {
+                idle_since_ms: 5_100,
+                calls_taken: 1,
+                talk_ms_total: 75
+            }
+        );
     }
 
     #[test]

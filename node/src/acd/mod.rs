@@ -2,11 +2,21 @@
 //!
 //! The protocol between the three actor kinds, so that no agent is ever offered two calls:
 //!
-//! 1. A call actor sends [`QueueMsg::Enqueue`] with its [`CallAddr`] (node and call id).
-//! 2. Agent actors tell each of their queues when they become available
-//!    ([`QueueMsg::AgentAvailable`]) or stop being available ([`QueueMsg::AgentUnavailable`]).
-//! 3. With a caller waiting and an agent available, the queue picks the caller (priority, then
-//!    FIFO) and the agent (longest idle), and asks the agent actor to [`AgentMsg::Reserve`] itself.
+//! 1. A call actor sends [`QueueMsg::Enqueue`] with its [`CallAddr`] (node and call id), and
+//!    optionally a preferred agent who alone may take the call until a deadline.
+//! 2. An agent that becomes available first makes the fair pick across its queues, wherever
+//!    they are homed: it asks each for its candidate ([`QueueMsg::Candidate`]: the first caller
+//!    in line it may take now), picks the highest priority, then the longest waiting, reserves
+//!    itself for that call and tells its queue ([`QueueMsg::Claimed`]), which goes on at 4. A
+//!    queue that does not answer in time counts as having no candidate; a claim its queue
+//!    never takes up is written off by the agent after the offer timeout.
+//! 3. With no candidate anywhere, the agent tells each of its queues that it is available
+//!    ([`QueueMsg::AgentAvailable`], with its routing profile and load) and later that it is no
+//!    longer ([`QueueMsg::AgentUnavailable`]). For each caller in line (priority, then first
+//!    entry into any queue, then FIFO), the queue picks an agent with `switchyard_routing`
+//!    (skills step in force, pool turn, strategy; ring-all rings one agent at a time, longest
+//!    idle first), and asks it to [`AgentMsg::Reserve`] itself. A caller nobody idle may take
+//!    keeps its place; the queue looks again when its routing step widens.
 //!    The agent actor is the only place that moves an agent from Available to Offered, so two
 //!    queues racing for one agent cannot both win.
 //! 4. On a successful reservation (which answers with the agent's registered contacts) the queue
@@ -14,7 +24,7 @@
 //!    back with [`QueueMsg::OfferOutcome`]; the queue relays the outcome to the agent
 //!    ([`AgentMsg::OfferAnswered`] / [`AgentMsg::OfferMissed`]).
 //! 5. When the connected call ends the call actor sends [`AgentMsg::CallEnded`]; the agent wraps
-//!    up and becomes available again.
+//!    up and becomes available again (back to 2).
 //!
 //! State is plain data ([`queue::QueueState`], [`agent::AgentState`]) owned by the actor, so the
 //! failover issue can replicate it.
@@ -31,6 +41,7 @@ pub mod queue;
 use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::state::NodeId;
+use switchyard_routing::{AgentLoad, AgentProfile, CallerCandidate, PreferredAgent};
 
 #[cfg(doc)]
 use crate::call::CallMsg;
@@ -50,6 +61,9 @@ pub enum QueueMsg {
         priority: u8,
         /// Unix milliseconds when the caller first entered any queue; an overflowed caller keeps it.
         since_ms: u64,
+        /// The agent a flow asked for: only they may take the call until the deadline, after
+        /// which the queue's routing steps apply (counting from the deadline).
+        preferred: Option<PreferredAgent>,
     },
     /// The caller left before being connected (hung up, cancelled).
     Abandon { call_id: CallId },
@@ -59,16 +73,33 @@ pub enum QueueMsg {
         agent_id: AgentId,
         outcome: OfferOutcome,
     },
-    /// An agent serving this queue became available.
-    /// The queue addresses the agent by id through its agent directory.
+    /// An agent serving this queue became available (or changed its load while available).
+    /// The queue addresses the agent by `profile.id` through its agent directory.
     AgentAvailable {
-        agent_id: AgentId,
-        /// Unix milliseconds since which the agent has been idle (for longest-idle).
-        idle_since_ms: u64,
+        /// Skills, pool, site and team, for skills routing and pool split.
+        profile: AgentProfile,
+        /// Idle since, calls taken and talk time, for the strategies.
+        load: AgentLoad,
     },
     /// An agent serving this queue is no longer available (offered elsewhere, on a call, not ready).
     AgentUnavailable { agent_id: AgentId },
-    /// Periodic check of max-wait overflow.
+    /// An agent that just freed up asks which caller this queue would give it (the fair pick
+    /// across its queues): the first in line, not ringing an agent, that it may take now.
+    /// `None` also when the queue may not act now.
+    Candidate {
+        agent: AgentProfile,
+        reply: RpcReplyPort<Option<CallerCandidate>>,
+    },
+    /// The agent picked this queue's candidate and reserved itself for it (it is Offered):
+    /// offer it the call, or release it if the caller is gone or already ringing someone.
+    Claimed {
+        call_id: CallId,
+        agent_id: AgentId,
+        /// The agent's registered contacts, as a reservation answers them.
+        contacts: Vec<String>,
+    },
+    /// Periodic check of max-wait overflow and watchdogs; also sent when a waiting caller's
+    /// routing step widens, to pair it then.
     Tick,
     /// Current state, for the HTTP API.
     Snapshot(RpcReplyPort<queue::QueueSnapshot>),
@@ -143,9 +174,16 @@ pub enum AgentMsg {
     /// Send the state to the agent's heir if it changed (sent by the actor to itself, a moment
     /// after a change, so that a burst of changes costs one copy).
     CopyToHeir,
-    /// A restored agent's offer must have ended by now (sent by the actor to itself): still
-    /// offered for `call_id` since `since_ms`, it lost the outcome with its failed home.
-    RestoredOfferExpired { call_id: CallId, since_ms: u64 },
+    /// The candidates the agent's queues answered for its fair-pick round `round` (sent by the
+    /// actor to itself), with the queue each came from.
+    Candidates {
+        round: u64,
+        candidates: Vec<(String, CallerCandidate)>,
+    },
+    /// An offer must have ended by now (sent by the actor to itself): still offered for
+    /// `call_id` since `since_ms`, the agent lost its outcome (a restored agent's failed home,
+    /// or a claim its queue never received).
+    OfferExpired { call_id: CallId, since_ms: u64 },
     /// Operator request from the HTTP API.
     SetState {
         state: RequestedState,
@@ -162,6 +200,8 @@ pub enum WireQueueMsg {
         call: CallAddr,
         priority: u8,
         since_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preferred: Option<PreferredAgent>,
     },
     Abandon {
         call_id: CallId,
@@ -172,18 +212,26 @@ pub enum WireQueueMsg {
         outcome: OfferOutcome,
     },
     AgentAvailable {
-        agent_id: AgentId,
-        idle_since_ms: u64,
+        profile: AgentProfile,
+        load: AgentLoad,
     },
     AgentUnavailable {
         agent_id: AgentId,
     },
+    Claimed {
+        call_id: CallId,
+        agent_id: AgentId,
+        contacts: Vec<String>,
+    },
 }
 
-/// The [`QueueMsg`] asks that cross the mesh; answered with [`queue::QueueSnapshot`].
+/// The [`QueueMsg`] asks that cross the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueAsk {
+    /// Answered with [`queue::QueueSnapshot`].
     Snapshot,
+    /// Answered with `Option<CallerCandidate>`, as [`QueueMsg::Candidate`].
+    Candidate { agent: AgentProfile },
 }
 
 impl From<WireQueueMsg> for QueueMsg {
@@ -193,10 +241,12 @@ impl From<WireQueueMsg> for QueueMsg {
                 call,
                 priority,
                 since_ms,
+                preferred,
             } => Self::Enqueue {
                 call,
                 priority,
                 since_ms,
+                preferred,
             },
             WireQueueMsg::Abandon { call_id } => Self::Abandon { call_id },
             WireQueueMsg::OfferOutcome {
@@ -208,14 +258,19 @@ impl From<WireQueueMsg> for QueueMsg {
                 agent_id,
                 outcome,
             },
-            WireQueueMsg::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            } => Self::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            },
+            WireQueueMsg::AgentAvailable { profile, load } => {
+                Self::AgentAvailable { profile, load }
+            }
             WireQueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
+            WireQueueMsg::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            } => Self::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            },
         }
     }
 }
@@ -230,10 +285,12 @@ impl TryFrom<QueueMsg> for WireQueueMsg {
                 call,
                 priority,
                 since_ms,
+                preferred,
             } => Self::Enqueue {
                 call,
                 priority,
                 since_ms,
+                preferred,
             },
             QueueMsg::Abandon { call_id } => Self::Abandon { call_id },
             QueueMsg::OfferOutcome {
@@ -245,15 +302,20 @@ impl TryFrom<QueueMsg> for WireQueueMsg {
                 agent_id,
                 outcome,
             },
-            QueueMsg::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            } => Self::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            },
+            QueueMsg::AgentAvailable { profile, load } => Self::AgentAvailable { profile, load },
             QueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
-            other @ (QueueMsg::Tick | QueueMsg::Snapshot(_)) => return Err(other),
+            QueueMsg::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            } => Self::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            },
+            other @ (QueueMsg::Tick | QueueMsg::Snapshot(_) | QueueMsg::Candidate { .. }) => {
+                return Err(other);
+            }
         })
     }
 }
@@ -318,7 +380,8 @@ impl TryFrom<AgentMsg> for WireAgentMsg {
             AgentMsg::CallEnded { call_id } => Self::CallEnded { call_id },
             other @ (AgentMsg::WrapUpDone { .. }
             | AgentMsg::CopyToHeir
-            | AgentMsg::RestoredOfferExpired { .. }
+            | AgentMsg::Candidates { .. }
+            | AgentMsg::OfferExpired { .. }
             | AgentMsg::Reserve { .. }
             | AgentMsg::SetState { .. }
             | AgentMsg::Snapshot(_)) => return Err(other),
@@ -345,6 +408,10 @@ mod tests {
                 },
                 priority: 2,
                 since_ms: 99,
+                preferred: Some(PreferredAgent {
+                    agent: "2001".into(),
+                    until_ms: 120,
+                }),
             },
             WireQueueMsg::Abandon {
                 call_id: "c1".into(),
@@ -358,11 +425,26 @@ mod tests {
                 outcome: OfferOutcome::Rejected,
             },
             WireQueueMsg::AgentAvailable {
-                agent_id: "2001".into(),
-                idle_since_ms: 7,
+                profile: AgentProfile {
+                    id: "2001".into(),
+                    skills: vec![switchyard_routing::Skill::new("billing", 4)],
+                    pool: "in-house".into(),
+                    site: "paris".into(),
+                    team: None,
+                },
+                load: AgentLoad {
+                    idle_since_ms: 7,
+                    calls_taken: 3,
+                    talk_ms_total: 90_000,
+                },
             },
             WireQueueMsg::AgentUnavailable {
                 agent_id: "2001".into(),
+            },
+            WireQueueMsg::Claimed {
+                call_id: "c1".into(),
+                agent_id: "2001".into(),
+                contacts: vec!["sip:2001@127.0.0.1:5070".into()],
             },
         ];
         for wire in tells {
@@ -450,6 +532,13 @@ mod tests {
         ] {
             assert_eq!(round_trip(&ask), ask);
         }
-        assert_eq!(round_trip(&QueueAsk::Snapshot), QueueAsk::Snapshot);
+        for ask in [
+            QueueAsk::Snapshot,
+            QueueAsk::Candidate {
+                agent: AgentProfile::new("2001"),
+            },
+        ] {
+            assert_eq!(round_trip(&ask), ask);
+        }
     }
 }

@@ -1,7 +1,15 @@
 //! One queue: a pure state machine ([`QueueState`]) and the actor that owns it ([`QueueActor`]).
 //!
 //! Ordering: callers by priority (higher first), then by `since_ms` (first entry into any queue,
-//! so an overflowed caller keeps its age), then by enqueue order. Agents by longest idle.
+//! so an overflowed caller keeps its age), then by enqueue order. Each waiting caller in that
+//! order is offered to an agent chosen by `switchyard_routing`: the eligible idle agents for the
+//! caller's routing step in force (or its preferred agent), the pool whose turn it is, then the
+//! queue's strategy. A caller no idle agent may take keeps its place; those behind it may be
+//! served meanwhile. Steps widen with the wait, so [`QueueState::next_change_at_ms`] tells the
+//! actor when to look again.
+//!
+//! Ring-all is not a true simultaneous ring here: it offers to one agent at a time, the longest
+//! idle of those eligible, and moves to the next when the offer ends unanswered.
 //!
 //! An agent whose reservation goes unanswered (its node is unreachable, or may not act for it right
 //! now) is suspended for [`RETRY_UNANSWERED`] and then tried again, rather than dropped until it
@@ -21,6 +29,10 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::Directory;
+use switchyard_routing::{
+    self as routing, AgentProfile, CallerCandidate, IdleAgent, PreferredAgent, QueueRouting,
+    RouterState, select_agents,
+};
 
 use super::{AgentId, AgentMsg, CallId, OfferOutcome, QueueMsg};
 use crate::call::WireCallMsg;
@@ -60,6 +72,21 @@ pub struct Caller {
     pub entered_ms: u64,
     /// Enqueue order within this queue (FIFO tie-break).
     pub seq: u64,
+    /// The agent a flow asked for, and until when only they may take the call.
+    pub preferred: Option<PreferredAgent>,
+}
+
+impl Caller {
+    /// The caller as routing decisions see it.
+    fn routed(&self, call_id: &str) -> routing::Caller {
+        routing::Caller {
+            call_id: call_id.to_owned(),
+            priority: self.priority,
+            since_ms: self.since_ms,
+            entered_ms: self.entered_ms,
+            preferred: self.preferred.clone(),
+        }
+    }
 }
 
 /// A caller's place in line; the derived order is the serving order.
@@ -96,30 +123,9 @@ impl Place {
     }
 }
 
-/// An available agent; the derived order puts the longest idle first.
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
-#[rkyv(derive(PartialEq, Eq, PartialOrd, Ord))]
-struct IdleAgent {
-    idle_since_ms: u64,
-    agent_id: AgentId,
-}
-
 /// An agent left out of pairing until `retry_at_ms` (see the module docs).
 #[derive(
     Clone,
-    Copy,
     Debug,
     PartialEq,
     Eq,
@@ -130,7 +136,8 @@ struct IdleAgent {
     rkyv::Deserialize,
 )]
 pub struct Suspended {
-    pub idle_since_ms: u64,
+    /// The agent as it was available, to come back as such.
+    pub agent: IdleAgent,
     pub retry_at_ms: u64,
 }
 
@@ -195,12 +202,16 @@ pub struct QueueState {
     pub max_wait_secs: u64,
     pub service_level_secs: u64,
     pub counters: QueueCounters,
+    /// Strategy, widening steps and pool weights.
+    pub routing: QueueRouting,
+    /// What routing remembers between offers (pool credits, round-robin cursor, random
+    /// generator): replicated with the queue so that a standby continues the same split.
+    router: RouterState,
     callers: HashMap<CallId, Caller>,
     /// The same callers in serving order.
     line: BTreeSet<Place>,
-    /// Available agents and their idle-since times, indexed both ways.
-    idle: HashMap<AgentId, u64>,
-    available: BTreeSet<IdleAgent>,
+    /// Available agents, longest idle first (then by id): ties and ring-all go in that order.
+    available: Vec<IdleAgent>,
     /// Agents whose reservation went unanswered, out of the available set until they are retried.
     suspended: HashMap<AgentId, Suspended>,
     /// Offers in flight by call id. An abandoned caller's offer stays until its outcome arrives,
@@ -217,10 +228,11 @@ impl QueueState {
             max_wait_secs: config.max_wait_secs,
             service_level_secs: config.service_level_secs,
             counters: QueueCounters::default(),
+            routing: config.routing(),
+            router: RouterState::new(seed(&config.name)),
             callers: HashMap::new(),
             line: BTreeSet::new(),
-            idle: HashMap::new(),
-            available: BTreeSet::new(),
+            available: Vec::new(),
             suspended: HashMap::new(),
             offers: HashMap::new(),
             next_seq: 0,
@@ -246,7 +258,14 @@ impl QueueState {
     }
 
     /// Adds a caller; false if it is already in the queue.
-    pub fn enqueue(&mut self, call_id: CallId, priority: u8, since_ms: u64, now_ms: u64) -> bool {
+    pub fn enqueue(
+        &mut self,
+        call_id: CallId,
+        priority: u8,
+        since_ms: u64,
+        preferred: Option<PreferredAgent>,
+        now_ms: u64,
+    ) -> bool {
         if self.callers.contains_key(&call_id) {
             return false;
         }
@@ -255,6 +274,7 @@ impl QueueState {
             since_ms,
             entered_ms: now_ms,
             seq: self.next_seq,
+            preferred,
         };
         self.next_seq += 1;
         self.line.insert(Place::of(&call_id, &caller));
@@ -272,74 +292,130 @@ impl QueueState {
         gone
     }
 
-    /// Adds an agent, or updates its idle time if already available.
-    pub fn agent_available(&mut self, agent_id: AgentId, idle_since_ms: u64) {
-        self.agent_unavailable(&agent_id);
-        self.available.insert(IdleAgent {
-            idle_since_ms,
-            agent_id: agent_id.clone(),
-        });
-        self.idle.insert(agent_id, idle_since_ms);
+    /// Adds an agent, or updates its profile and load if already available.
+    pub fn agent_available(&mut self, agent: IdleAgent) {
+        self.agent_unavailable(&agent.profile.id);
+        let key = (agent.load.idle_since_ms, &agent.profile.id);
+        let at = self
+            .available
+            .partition_point(|a| (a.load.idle_since_ms, &a.profile.id) < key);
+        self.available.insert(at, agent);
     }
 
     pub fn agent_unavailable(&mut self, agent_id: &str) {
         self.suspended.remove(agent_id);
-        if let Some((agent_id, idle_since_ms)) = self.idle.remove_entry(agent_id) {
-            self.available.remove(&IdleAgent {
-                idle_since_ms,
-                agent_id,
-            });
-        }
+        self.available.retain(|a| a.profile.id != agent_id);
     }
 
     /// Takes an available agent out of pairing until `retry_at_ms`, keeping its idle time for
     /// when it comes back. Its own announcements overrule this.
     pub fn suspend_agent(&mut self, agent_id: &str, retry_at_ms: u64) {
-        if let Some(&idle_since_ms) = self.idle.get(agent_id) {
-            self.agent_unavailable(agent_id);
-            self.suspended.insert(
-                agent_id.to_owned(),
-                Suspended {
-                    idle_since_ms,
-                    retry_at_ms,
-                },
-            );
+        if let Some(i) = self.available.iter().position(|a| a.profile.id == agent_id) {
+            let agent = self.available.remove(i);
+            self.suspended
+                .insert(agent_id.to_owned(), Suspended { agent, retry_at_ms });
         }
     }
 
     /// Returns suspended agents whose retry time has come to the available set.
     pub fn revive_agents(&mut self, now_ms: u64) {
-        let due: Vec<(AgentId, u64)> = self
+        let due: Vec<AgentId> = self
             .suspended
             .iter()
             .filter(|(_, s)| s.retry_at_ms <= now_ms)
-            .map(|(id, s)| (id.clone(), s.idle_since_ms))
+            .map(|(id, _)| id.clone())
             .collect();
-        for (agent_id, idle_since_ms) in due {
-            self.agent_available(agent_id, idle_since_ms);
+        for agent_id in due {
+            if let Some(s) = self.suspended.remove(&agent_id) {
+                self.agent_available(s.agent);
+            }
         }
     }
 
-    /// The next caller to offer (best place in line among those not already ringing an agent) and
-    /// the agent to offer it to (longest idle). Changes nothing.
-    pub fn next_pairing(&self) -> Option<(CallId, AgentId)> {
-        self.next_pairing_holding(|_| false)
+    /// The next caller to offer and the agent to offer it to, at `now_ms`; see
+    /// [`QueueState::next_pairing_holding`].
+    pub fn next_pairing(&mut self, now_ms: u64) -> Option<(CallId, AgentId)> {
+        self.next_pairing_holding(|_| false, now_ms)
     }
 
-    /// Like [`QueueState::next_pairing`], but a caller for which `held` is true holds the line
-    /// from its place on: nobody behind it is paired until it is released. For callers coming
-    /// back from the standby of a failed node, whose place must not go to those behind them.
-    pub fn next_pairing_holding(&self, held: impl Fn(&str) -> bool) -> Option<(CallId, AgentId)> {
-        let agent = self.available.first()?;
+    /// The first caller in line, not already ringing an agent, that an available agent may take
+    /// now, and that agent as routing picks it. Moves the routing state on (pool turn, cursor,
+    /// random draw): if the reservation fails, take the agent out and ask again.
+    ///
+    /// A caller for which `held` is true holds the line from its place on: nobody behind it is
+    /// paired until it is released. For callers coming back from the standby of a failed node,
+    /// whose place must not go to those behind them.
+    pub fn next_pairing_holding(
+        &mut self,
+        held: impl Fn(&str) -> bool,
+        now_ms: u64,
+    ) -> Option<(CallId, AgentId)> {
+        if self.available.is_empty() {
+            return None;
+        }
         for place in &self.line {
             if held(&place.call_id) {
                 return None;
             }
-            if !self.offers.contains_key(&place.call_id) {
-                return Some((place.call_id.clone(), agent.agent_id.clone()));
+            let Some(caller) = self.callers.get(&place.call_id) else {
+                continue;
+            };
+            if self.offers.contains_key(&place.call_id) {
+                continue;
+            }
+            let routed = caller.routed(&place.call_id);
+            let selection = select_agents(
+                &self.routing,
+                &mut self.router,
+                &routed,
+                &self.available,
+                now_ms,
+            );
+            // Ring-all offers one agent at a time: the first selected is the longest idle.
+            if let Some(&i) = selection.agents().first() {
+                return Some((routed.call_id, self.available[i].profile.id.clone()));
             }
         }
         None
+    }
+
+    /// The caller this queue would give `agent` if it took one now, for the agent's pick across
+    /// its queues: the first in line, not ringing an agent, that the agent may take (a held
+    /// caller holds the line, as in [`QueueState::next_pairing_holding`]).
+    pub fn candidate_for(
+        &self,
+        agent: &AgentProfile,
+        held: impl Fn(&str) -> bool,
+        now_ms: u64,
+    ) -> Option<CallerCandidate> {
+        for place in &self.line {
+            if held(&place.call_id) {
+                return None;
+            }
+            let Some(caller) = self.callers.get(&place.call_id) else {
+                continue;
+            };
+            if self.offers.contains_key(&place.call_id) {
+                continue;
+            }
+            let candidate = caller
+                .routed(&place.call_id)
+                .candidate(&self.routing, now_ms);
+            if candidate.constraint.admits(agent) {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    /// Unix ms at which who may take a waiting caller next changes (a routing step widens or a
+    /// preferred agent's window closes): pairing must be tried again then.
+    pub fn next_change_at_ms(&self, now_ms: u64) -> Option<u64> {
+        self.callers
+            .iter()
+            .filter(|(id, _)| !self.offers.contains_key(*id))
+            .filter_map(|(id, c)| c.routed(id).next_change_at_ms(&self.routing, now_ms))
+            .min()
     }
 
     /// Records an offer the agent has accepted to be reserved for; the agent leaves the
@@ -463,6 +539,13 @@ impl QueueState {
     }
 }
 
+/// Seeds the random strategy per queue, the same on every node (FNV-1a of the name).
+fn seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A queue as the HTTP API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueueSnapshot {
@@ -501,6 +584,8 @@ pub struct QueueActorState {
     fence: Fence,
     metrics: QueueMetrics,
     ticker: Option<JoinHandle<()>>,
+    /// When the pending wake-up for a widening routing step fires (Unix ms).
+    wake_at: Option<u64>,
 }
 
 struct QueueMetrics {
@@ -548,8 +633,8 @@ impl QueueActorState {
             // over (it re-joins the queue, or reports their ringing offer failed, from its own
             // address); `tick` drops those that never come back.
             let (calls, fence) = (&self.calls, &self.fence);
-            let held = |call_id: &str| calls.get(call_id).is_some_and(|c| fence.has_failed(c.node));
-            let Some((call_id, agent_id)) = self.queue.next_pairing_holding(held) else {
+            let held = |call_id: &str| is_held(calls, fence, call_id);
+            let Some((call_id, agent_id)) = self.queue.next_pairing_holding(held, unix_ms()) else {
                 break;
             };
             let Some(agent) = self.agents.get(&agent_id) else {
@@ -584,31 +669,83 @@ impl QueueActorState {
                     continue;
                 }
             };
-            if !self
-                .queue
-                .begin_offer(&call_id, agent_id.clone(), unix_ms())
-            {
-                // The pairing cannot change while this handler awaits; never strand the agent.
-                release(&agent, call_id);
-                continue;
-            }
-            let offer = WireCallMsg::Offer {
-                agent_id: agent_id.clone(),
-                queue: self.queue.name.clone(),
-                ring_timeout_secs: self.queue.offer_timeout_secs,
-                contacts,
-                offered_ms: unix_ms(),
-            };
-            let sent = self
-                .calls
-                .get(&call_id)
-                .is_some_and(|call| self.postman.deliver(call, offer).is_ok());
-            if !sent {
-                tracing::info!(queue = %self.queue.name, call = %call_id,
-                    "call actor gone before its offer; removing the caller");
-                self.call_gone(&call_id);
-            }
+            // The pairing cannot change while this handler awaits; should it have, `make_offer`
+            // releases the agent.
+            self.make_offer(&agent, call_id, agent_id, contacts);
         }
+    }
+
+    /// The caller whom this queue would give `agent`, if this node may act for the queue.
+    fn candidate_for(&self, agent: &AgentProfile) -> Option<CallerCandidate> {
+        if !self.fence.can_act() {
+            return None;
+        }
+        let held = |call_id: &str| is_held(&self.calls, &self.fence, call_id);
+        self.queue.candidate_for(agent, held, unix_ms())
+    }
+
+    /// An agent reserved itself for this queue's candidate (the fair pick): offer it the call.
+    fn claimed(&mut self, call_id: CallId, agent_id: AgentId, contacts: Vec<String>) {
+        let Some(agent) = self.agents.get(&agent_id) else {
+            tracing::warn!(queue = %self.queue.name, agent = %agent_id, "claim by an unknown agent");
+            return;
+        };
+        if !self.fence.can_act() || is_held(&self.calls, &self.fence, &call_id) {
+            release(&agent, call_id);
+            return;
+        }
+        self.make_offer(&agent, call_id, agent_id, contacts);
+    }
+
+    /// Turns a reservation of `agent` into an offer of `call_id` sent to its call actor; releases
+    /// the agent instead if the caller has left or is already ringing another agent.
+    fn make_offer(
+        &mut self,
+        agent: &ActorRef<AgentMsg>,
+        call_id: CallId,
+        agent_id: AgentId,
+        contacts: Vec<String>,
+    ) {
+        if !self
+            .queue
+            .begin_offer(&call_id, agent_id.clone(), unix_ms())
+        {
+            release(agent, call_id);
+            return;
+        }
+        let offer = WireCallMsg::Offer {
+            agent_id: agent_id.clone(),
+            queue: self.queue.name.clone(),
+            ring_timeout_secs: self.queue.offer_timeout_secs,
+            contacts,
+            offered_ms: unix_ms(),
+        };
+        let sent = self
+            .calls
+            .get(&call_id)
+            .is_some_and(|call| self.postman.deliver(call, offer).is_ok());
+        if !sent {
+            tracing::info!(queue = %self.queue.name, call = %call_id,
+                "call actor gone before its offer; removing the caller");
+            self.call_gone(&call_id);
+        }
+    }
+
+    /// Arranges a [`QueueMsg::Tick`] for when a waiting caller's routing step next widens, so
+    /// that it is offered then rather than at the next periodic tick.
+    fn wake_for_routing(&mut self, myself: &ActorRef<QueueMsg>) {
+        let now = unix_ms();
+        let Some(at) = self.queue.next_change_at_ms(now) else {
+            return;
+        };
+        // A pending wake-up no later than `at` reschedules itself when it fires.
+        if self.wake_at.is_some_and(|w| w > now && w <= at) {
+            return;
+        }
+        self.wake_at = Some(at);
+        myself.send_after(Duration::from_millis(at.saturating_sub(now)), || {
+            QueueMsg::Tick
+        });
     }
 
     fn offer_outcome(&mut self, call: CallAddr, agent_id: &str, outcome: OfferOutcome) {
@@ -737,6 +874,11 @@ impl QueueActorState {
     }
 }
 
+/// Whether `call_id` is a caller of a failed node, holding its place for its standby.
+fn is_held(calls: &HashMap<CallId, CallAddr>, fence: &Fence, call_id: &str) -> bool {
+    calls.get(call_id).is_some_and(|c| fence.has_failed(c.node))
+}
+
 /// Frees a reservation that no offer will follow, without counting a miss.
 fn release(agent: &ActorRef<AgentMsg>, call_id: CallId) {
     let msg = AgentMsg::OfferMissed {
@@ -775,6 +917,7 @@ impl Actor for QueueActor {
             fence,
             metrics,
             ticker: None,
+            wake_at: None,
         })
     }
 
@@ -800,7 +943,7 @@ impl Actor for QueueActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<QueueMsg>,
+        myself: ActorRef<QueueMsg>,
         msg: QueueMsg,
         state: &mut QueueActorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -809,11 +952,12 @@ impl Actor for QueueActor {
                 call,
                 priority,
                 since_ms,
+                preferred,
             } => {
                 let call_id = call.call_id.clone();
                 if state
                     .queue
-                    .enqueue(call_id.clone(), priority, since_ms, unix_ms())
+                    .enqueue(call_id.clone(), priority, since_ms, preferred, unix_ms())
                 {
                     state.calls.insert(call_id, call);
                 } else {
@@ -833,11 +977,20 @@ impl Actor for QueueActor {
                 agent_id,
                 outcome,
             } => state.offer_outcome(call, &agent_id, outcome),
-            QueueMsg::AgentAvailable {
-                agent_id,
-                idle_since_ms,
-            } => state.queue.agent_available(agent_id, idle_since_ms),
+            QueueMsg::AgentAvailable { profile, load } => {
+                state.queue.agent_available(IdleAgent { profile, load })
+            }
             QueueMsg::AgentUnavailable { agent_id } => state.queue.agent_unavailable(&agent_id),
+            QueueMsg::Candidate { agent, reply } => {
+                // The agent may have given up waiting; it then announces itself to all.
+                let _ = reply.send(state.candidate_for(&agent));
+                return Ok(());
+            }
+            QueueMsg::Claimed {
+                call_id,
+                agent_id,
+                contacts,
+            } => state.claimed(call_id, agent_id, contacts),
             QueueMsg::Tick => state.tick(),
             QueueMsg::Snapshot(reply) => {
                 // A caller that timed out no longer wants the answer.
@@ -846,6 +999,7 @@ impl Actor for QueueActor {
             }
         }
         state.dispatch().await;
+        state.wake_for_routing(&myself);
         state.metrics.record(&state.queue);
         Ok(())
     }
@@ -869,13 +1023,18 @@ pub async fn spawn_queue(args: QueueArgs) -> Result<ActorRef<QueueMsg>, SpawnErr
 
 #[cfg(test)]
 mod tests {
+    use switchyard_routing::{
+        AgentLoad, PoolWeight, Requirement, RoutingStep, Skill, Strategy, select_caller,
+    };
+
     use super::*;
-    use crate::config::Strategy;
 
     fn config() -> QueueConfig {
         QueueConfig {
             name: "sales".into(),
             strategy: Strategy::LongestIdle,
+            routing: Vec::new(),
+            pools: Vec::new(),
             offer_timeout_secs: 15,
             max_missed_offers: 3,
             max_wait_secs: 60,
@@ -887,6 +1046,57 @@ mod tests {
         }
     }
 
+    fn idle(id: &str, idle_since_ms: u64) -> IdleAgent {
+        skilled(id, &[], "", idle_since_ms)
+    }
+
+    fn skilled(id: &str, skills: &[(&str, u8)], pool: &str, idle_since_ms: u64) -> IdleAgent {
+        let mut profile = AgentProfile::new(id);
+        profile.skills = skills.iter().map(|&(n, l)| Skill::new(n, l)).collect();
+        profile.pool = pool.into();
+        IdleAgent {
+            profile,
+            load: AgentLoad {
+                idle_since_ms,
+                ..AgentLoad::default()
+            },
+        }
+    }
+
+    /// A routing step: skills with levels, and for how many seconds (`None`: the last step).
+    type Step<'a> = (&'a [(&'a str, u8)], Option<u64>);
+
+    /// A queue with `strategy` whose callers need `steps`.
+    fn routed(strategy: Strategy, steps: &[Step]) -> QueueState {
+        QueueState::new(&QueueConfig {
+            strategy,
+            routing: steps
+                .iter()
+                .map(|&(skills, for_secs)| RoutingStep {
+                    requirement: Requirement::new(skills.iter().copied()),
+                    for_secs,
+                })
+                .collect(),
+            ..config()
+        })
+    }
+
+    /// Offers, answers and frees the agent again (idle since `now`); returns who was paired.
+    fn serve(q: &mut QueueState, now: u64) -> Option<(CallId, AgentId)> {
+        let (call, agent) = q.next_pairing(now)?;
+        let freed = q.available.iter().find(|a| a.profile.id == agent)?.clone();
+        assert!(q.begin_offer(&call, agent.clone(), now));
+        assert!(q.end_offer(&call, &agent, OfferOutcome::Answered, now));
+        q.agent_available(IdleAgent {
+            load: AgentLoad {
+                idle_since_ms: now,
+                ..freed.load
+            },
+            ..freed
+        });
+        Some((call, agent))
+    }
+
     fn pair(call: &str, agent: &str) -> Option<(CallId, AgentId)> {
         Some((call.to_owned(), agent.to_owned()))
     }
@@ -894,18 +1104,18 @@ mod tests {
     #[test]
     fn priority_then_fifo() {
         let mut q = QueueState::new(&config());
-        q.enqueue("low-old".into(), 0, 100, 100);
-        q.enqueue("high-new".into(), 5, 300, 300);
-        q.enqueue("high-old".into(), 5, 200, 300);
-        q.enqueue("high-same-time".into(), 5, 200, 301);
-        q.agent_available("a".into(), 0);
+        q.enqueue("low-old".into(), 0, 100, None, 100);
+        q.enqueue("high-new".into(), 5, 300, None, 300);
+        q.enqueue("high-old".into(), 5, 200, None, 300);
+        q.enqueue("high-same-time".into(), 5, 200, None, 301);
+        q.agent_available(idle("a", 0));
 
         let mut order = vec![];
-        while let Some((call, agent)) = q.next_pairing() {
+        while let Some((call, agent)) = q.next_pairing(0) {
             assert!(q.begin_offer(&call, agent.clone(), 400));
             order.push(call.clone());
             assert!(q.end_offer(&call, &agent, OfferOutcome::Answered, 401));
-            q.agent_available(agent, 401);
+            q.agent_available(idle(&agent, 401));
         }
         assert_eq!(order, ["high-old", "high-same-time", "high-new", "low-old"]);
         assert_eq!(q.waiting(), 0);
@@ -915,53 +1125,53 @@ mod tests {
     #[test]
     fn a_held_caller_keeps_everyone_behind_it_waiting() {
         let mut q = QueueState::new(&config());
-        q.enqueue("first".into(), 0, 100, 100);
-        q.enqueue("second".into(), 0, 200, 200);
-        q.enqueue("third".into(), 0, 300, 300);
-        q.agent_available("a".into(), 0);
+        q.enqueue("first".into(), 0, 100, None, 100);
+        q.enqueue("second".into(), 0, 200, None, 200);
+        q.enqueue("third".into(), 0, 300, None, 300);
+        q.agent_available(idle("a", 0));
         // "second" rings an agent of a node that failed: it keeps its offer, and holds the line.
         assert!(q.begin_offer("second", "b".into(), 400));
         let failed = |call: &str| call == "second";
-        assert_eq!(q.next_pairing_holding(failed), pair("first", "a"));
+        assert_eq!(q.next_pairing_holding(failed, 0), pair("first", "a"));
         assert!(q.begin_offer("first", "a".into(), 401));
-        q.agent_available("c".into(), 0);
+        q.agent_available(idle("c", 0));
         assert_eq!(
-            q.next_pairing_holding(failed),
+            q.next_pairing_holding(failed, 0),
             None,
             "third must not pass second"
         );
-        assert_eq!(q.next_pairing(), pair("third", "c"));
+        assert_eq!(q.next_pairing(0), pair("third", "c"));
         // Its standby reported the offer failed: second is next again, before third.
         assert!(q.end_offer("second", "b", OfferOutcome::Failed, 500));
-        assert_eq!(q.next_pairing_holding(|_| false), pair("second", "c"));
+        assert_eq!(q.next_pairing_holding(|_| false, 0), pair("second", "c"));
     }
 
     #[test]
     fn longest_idle_agent_first_and_idle_updates_move_it() {
         let mut q = QueueState::new(&config());
-        q.enqueue("c1".into(), 0, 0, 0);
-        q.agent_available("recent".into(), 500);
-        q.agent_available("old".into(), 100);
-        q.agent_available("middle".into(), 300);
-        assert_eq!(q.next_pairing(), pair("c1", "old"));
+        q.enqueue("c1".into(), 0, 0, None, 0);
+        q.agent_available(idle("recent", 500));
+        q.agent_available(idle("old", 100));
+        q.agent_available(idle("middle", 300));
+        assert_eq!(q.next_pairing(0), pair("c1", "old"));
         // "old" announces itself again after a missed offer: now the most recently idle.
-        q.agent_available("old".into(), 900);
-        assert_eq!(q.next_pairing(), pair("c1", "middle"));
+        q.agent_available(idle("old", 900));
+        assert_eq!(q.next_pairing(0), pair("c1", "middle"));
         q.agent_unavailable("middle");
-        assert_eq!(q.next_pairing(), pair("c1", "recent"));
+        assert_eq!(q.next_pairing(0), pair("c1", "recent"));
         assert_eq!(q.available_agents(), 2);
     }
 
     #[test]
     fn no_pairing_without_both_sides_or_when_every_caller_is_ringing() {
         let mut q = QueueState::new(&config());
-        assert_eq!(q.next_pairing(), None);
-        q.agent_available("a".into(), 0);
-        assert_eq!(q.next_pairing(), None);
-        q.enqueue("c1".into(), 0, 0, 0);
+        assert_eq!(q.next_pairing(0), None);
+        q.agent_available(idle("a", 0));
+        assert_eq!(q.next_pairing(0), None);
+        q.enqueue("c1".into(), 0, 0, None, 0);
         q.begin_offer("c1", "a".into(), 1);
-        q.agent_available("b".into(), 0);
-        assert_eq!(q.next_pairing(), None, "c1 is already ringing a");
+        q.agent_available(idle("b", 0));
+        assert_eq!(q.next_pairing(0), None, "c1 is already ringing a");
         // An offered agent is out of the available set.
         assert_eq!(q.available_agents(), 1);
     }
@@ -969,15 +1179,15 @@ mod tests {
     #[test]
     fn a_missed_offer_keeps_the_callers_place() {
         let mut q = QueueState::new(&config());
-        q.enqueue("first".into(), 0, 10, 10);
-        q.enqueue("second".into(), 0, 20, 20);
-        q.agent_available("a".into(), 0);
-        q.agent_available("b".into(), 1);
+        q.enqueue("first".into(), 0, 10, None, 10);
+        q.enqueue("second".into(), 0, 20, None, 20);
+        q.agent_available(idle("a", 0));
+        q.agent_available(idle("b", 1));
         assert!(q.begin_offer("first", "a".into(), 30));
         // While "first" rings a, "second" goes to b.
-        assert_eq!(q.next_pairing(), pair("second", "b"));
+        assert_eq!(q.next_pairing(0), pair("second", "b"));
         assert!(q.end_offer("first", "a", OfferOutcome::NoAnswer, 40));
-        assert_eq!(q.next_pairing(), pair("first", "b"));
+        assert_eq!(q.next_pairing(0), pair("first", "b"));
         assert_eq!(q.waiting(), 2);
         // Reports from the wrong agent or for no offer are refused.
         assert!(!q.end_offer("first", "a", OfferOutcome::Answered, 41));
@@ -988,8 +1198,8 @@ mod tests {
     #[test]
     fn abandon_during_offer_waits_for_the_outcome_and_counts_once() {
         let mut q = QueueState::new(&config());
-        q.enqueue("c1".into(), 0, 0, 0);
-        q.agent_available("a".into(), 0);
+        q.enqueue("c1".into(), 0, 0, None, 0);
+        q.agent_available(idle("a", 0));
         q.begin_offer("c1", "a".into(), 1);
         assert!(q.abandon("c1"));
         assert_eq!(q.waiting(), 0);
@@ -1005,7 +1215,7 @@ mod tests {
     #[test]
     fn caller_abandoned_outcome_removes_the_caller() {
         let mut q = QueueState::new(&config());
-        q.enqueue("c1".into(), 0, 0, 0);
+        q.enqueue("c1".into(), 0, 0, None, 0);
         q.begin_offer("c1", "a".into(), 1);
         assert!(q.end_offer("c1", "a", OfferOutcome::CallerAbandoned, 2));
         assert!(!q.is_waiting("c1"));
@@ -1017,9 +1227,9 @@ mod tests {
     fn overflow_after_max_wait_in_this_queue_but_not_while_ringing() {
         let mut q = QueueState::new(&config());
         // Overflowed here from another queue: its age (since_ms) does not count against us.
-        q.enqueue("from-elsewhere".into(), 0, 0, 50_000);
-        q.enqueue("ringing".into(), 0, 1_000, 1_000);
-        q.enqueue("due".into(), 0, 2_000, 2_000);
+        q.enqueue("from-elsewhere".into(), 0, 0, None, 50_000);
+        q.enqueue("ringing".into(), 0, 1_000, None, 1_000);
+        q.enqueue("due".into(), 0, 2_000, None, 2_000);
         q.begin_offer("ringing", "a".into(), 3_000);
         assert!(q.take_overflowed(61_999).is_empty());
         assert_eq!(q.take_overflowed(62_000), ["due"]);
@@ -1031,7 +1241,7 @@ mod tests {
     #[test]
     fn expired_offers_after_timeout_and_grace() {
         let mut q = QueueState::new(&config());
-        q.enqueue("c1".into(), 0, 0, 0);
+        q.enqueue("c1".into(), 0, 0, None, 0);
         q.begin_offer("c1", "a".into(), 1_000);
         assert!(q.expired_offers(26_000, 10_000).is_empty());
         assert_eq!(
@@ -1044,7 +1254,7 @@ mod tests {
     fn service_level_and_snapshot() {
         let mut q = QueueState::new(&config());
         for (id, since) in [("fast", 0), ("slow", 0), ("gone", 0), ("waiting", 0)] {
-            q.enqueue(id.into(), 0, since, since);
+            q.enqueue(id.into(), 0, since, None, since);
         }
         q.begin_offer("fast", "a".into(), 1);
         q.end_offer("fast", "a", OfferOutcome::Answered, 20_000);
@@ -1075,16 +1285,16 @@ mod tests {
     #[test]
     fn a_suspended_agent_comes_back_with_its_idle_time_unless_it_spoke_meanwhile() {
         let mut q = QueueState::new(&config());
-        q.enqueue("c1".into(), 0, 0, 0);
-        q.agent_available("a".into(), 10);
-        q.agent_available("b".into(), 20);
+        q.enqueue("c1".into(), 0, 0, None, 0);
+        q.agent_available(idle("a", 10));
+        q.agent_available(idle("b", 20));
         q.suspend_agent("a", 1_000);
-        assert_eq!(q.next_pairing(), pair("c1", "b"));
+        assert_eq!(q.next_pairing(0), pair("c1", "b"));
         q.revive_agents(999);
         assert_eq!(q.available_agents(), 1);
         q.revive_agents(1_000);
         assert_eq!(
-            q.next_pairing(),
+            q.next_pairing(0),
             pair("c1", "a"),
             "back, still longest idle"
         );
@@ -1104,25 +1314,229 @@ mod tests {
     #[test]
     fn duplicate_enqueue_is_refused() {
         let mut q = QueueState::new(&config());
-        assert!(q.enqueue("c1".into(), 0, 0, 0));
-        assert!(!q.enqueue("c1".into(), 9, 0, 0));
+        assert!(q.enqueue("c1".into(), 0, 0, None, 0));
+        assert!(!q.enqueue("c1".into(), 9, 0, None, 0));
         assert_eq!(q.counters.offered, 1);
     }
 
     #[test]
     fn state_round_trips_through_rkyv_and_json() {
-        let mut q = QueueState::new(&config());
-        q.enqueue("c1".into(), 3, 10, 10);
-        q.enqueue("c2".into(), 0, 5, 11);
-        q.agent_available("a".into(), 7);
-        q.begin_offer("c1", "b".into(), 12);
+        let mut q = routed(Strategy::RoundRobin, BILLING_4_FOR_10S_THEN_1);
+        let preferred = PreferredAgent {
+            agent: "2002".into(),
+            until_ms: 30,
+        };
+        q.enqueue("c1".into(), 3, 10, None, 10);
+        q.enqueue("c2".into(), 0, 5, Some(preferred), 11);
+        q.enqueue("c3".into(), 0, 6, None, 12);
+        for id in ["2001", "2002", "2003"] {
+            q.agent_available(skilled(id, &[("billing", 4)], "", 7));
+        }
+        assert_eq!(serve(&mut q, 40), pair("c1", "2001"));
+        q.begin_offer("c2", "b".into(), 41);
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&q).unwrap();
         let back: QueueState = rkyv::from_bytes::<QueueState, rkyv::rancor::Error>(&bytes).unwrap();
         assert_eq!(back, q);
         let json = serde_json::to_string(&q).unwrap();
-        let back: QueueState = serde_json::from_str(&json).unwrap();
+        let mut back: QueueState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, q);
-        assert_eq!(back.next_pairing(), pair("c2", "a"));
+        // The standby goes on with the round-robin where the queue left it.
+        assert_eq!(back.next_pairing(42), pair("c3", "2002"));
+    }
+
+    const BILLING_4_FOR_10S_THEN_1: &[Step] =
+        &[(&[("billing", 4)], Some(10)), (&[("billing", 1)], None)];
+
+    #[test]
+    fn a_step_widens_at_10_s_and_the_caller_keeps_its_place() {
+        let mut q = routed(Strategy::LongestIdle, BILLING_4_FOR_10S_THEN_1);
+        q.enqueue("c1".into(), 0, 1_000, None, 1_000);
+        q.agent_available(skilled("junior", &[("billing", 2)], "", 0));
+        assert_eq!(q.next_pairing(1_000), None);
+        assert_eq!(q.next_pairing(10_999), None);
+        assert_eq!(q.next_change_at_ms(1_000), Some(11_000));
+        // A later caller does not pass c1 once the step widens.
+        q.enqueue("c2".into(), 0, 5_000, None, 5_000);
+        assert_eq!(q.next_pairing(11_000), pair("c1", "junior"));
+        assert!(q.begin_offer("c1", "junior".into(), 11_000));
+        assert_eq!(q.next_change_at_ms(11_000), Some(15_000), "c2's step");
+
+        let mut q = routed(Strategy::LongestIdle, BILLING_4_FOR_10S_THEN_1);
+        q.enqueue("c1".into(), 0, 1_000, None, 1_000);
+        q.agent_available(skilled("junior", &[("billing", 2)], "", 0));
+        q.agent_available(skilled("expert", &[("billing", 5)], "", 500));
+        assert_eq!(q.next_pairing(1_000), pair("c1", "expert"), "at once");
+    }
+
+    #[test]
+    fn a_caller_nobody_idle_may_take_lets_those_behind_it_be_served() {
+        let mut q = routed(Strategy::LongestIdle, &[(&[("french", 1)], None)]);
+        q.enqueue("needs-french".into(), 0, 0, None, 0);
+        q.agent_available(skilled("anglophone", &[("billing", 5)], "", 0));
+        assert_eq!(q.next_pairing(5_000), None);
+        assert_eq!(q.next_change_at_ms(5_000), None, "in the last step");
+        let mut q = routed(Strategy::LongestIdle, &[]);
+        q.enqueue("first".into(), 0, 0, None, 0);
+        q.enqueue("second".into(), 0, 1, None, 1);
+        q.begin_offer("first", "x".into(), 2);
+        q.agent_available(idle("a", 0));
+        assert_eq!(q.next_pairing(3), pair("second", "a"));
+    }
+
+    #[test]
+    fn skills_best_picks_the_highest_level_then_the_longest_idle() {
+        let mut q = routed(Strategy::SkillsBest, &[(&[("billing", 1)], None)]);
+        q.agent_available(skilled("novice", &[("billing", 1)], "", 0));
+        q.agent_available(skilled("expert", &[("billing", 5)], "", 300));
+        q.agent_available(skilled("good", &[("billing", 3)], "", 100));
+        q.agent_available(skilled("expert2", &[("billing", 5)], "", 200));
+        q.agent_available(skilled("no-billing", &[("sales", 5)], "", 0));
+        for (i, expected) in ["expert2", "expert", "good", "novice"].iter().enumerate() {
+            let call = format!("c{i}");
+            q.enqueue(call.clone(), 0, i as u64, None, i as u64);
+            assert_eq!(q.next_pairing(10), pair(&call, expected));
+            assert!(q.begin_offer(&call, (*expected).into(), 10));
+        }
+        q.enqueue("c9".into(), 0, 9, None, 9);
+        assert_eq!(q.next_pairing(10), None, "no-billing is not eligible");
+    }
+
+    #[test]
+    fn fewest_calls_picks_the_least_loaded_agent_not_the_longest_idle() {
+        let mut q = routed(Strategy::FewestCalls, &[]);
+        for (id, idle_since, calls) in [("busy", 0, 9), ("light", 300, 2), ("medium", 100, 5)] {
+            let mut agent = idle(id, idle_since);
+            agent.load.calls_taken = calls;
+            q.agent_available(agent);
+        }
+        q.enqueue("c1".into(), 0, 0, None, 0);
+        assert_eq!(q.next_pairing(1_000), pair("c1", "light"));
+        let mut q = routed(Strategy::LongestIdle, &[]);
+        q.agent_available(idle("light", 300));
+        q.agent_available(idle("busy", 0));
+        q.enqueue("c1".into(), 0, 0, None, 0);
+        assert_eq!(q.next_pairing(1_000), pair("c1", "busy"), "the default");
+    }
+
+    #[test]
+    fn a_vip_arriving_later_overtakes_three_waiting_callers() {
+        let mut q = routed(Strategy::LongestIdle, BILLING_4_FOR_10S_THEN_1);
+        for (i, call) in ["n1", "n2", "n3"].iter().enumerate() {
+            q.enqueue((*call).into(), 0, i as u64 * 1_000, None, i as u64 * 1_000);
+        }
+        q.enqueue("vip".into(), 9, 60_000, None, 60_000);
+        q.agent_available(skilled("expert", &[("billing", 5)], "", 0));
+        let mut order = vec![];
+        while let Some((call, _)) = serve(&mut q, 61_000) {
+            order.push(call);
+        }
+        assert_eq!(order, ["vip", "n1", "n2", "n3"]);
+    }
+
+    #[test]
+    fn pools_split_the_offers_70_30_over_1000_pairings() {
+        let mut q = QueueState::new(&QueueConfig {
+            pools: vec![
+                PoolWeight {
+                    pool: "in-house".into(),
+                    weight: 70,
+                },
+                PoolWeight {
+                    pool: "partner".into(),
+                    weight: 30,
+                },
+            ],
+            ..config()
+        });
+        for (id, pool) in [("h1", "in-house"), ("h2", "in-house"), ("p1", "partner")] {
+            q.agent_available(skilled(id, &[], pool, 0));
+        }
+        let mut in_house = 0;
+        for i in 0..1_000u64 {
+            q.enqueue(format!("c{i}"), 0, i, None, i);
+            let (_, agent) = serve(&mut q, i + 1).unwrap();
+            in_house += u32::from(agent.starts_with('h'));
+        }
+        assert!((670..=730).contains(&in_house), "in-house took {in_house}");
+        // With only the partner's agent idle, nobody waits for the ratio.
+        q.agent_unavailable("h1");
+        q.agent_unavailable("h2");
+        q.enqueue("last".into(), 0, 0, None, 2_000);
+        assert_eq!(q.next_pairing(2_000), pair("last", "p1"));
+    }
+
+    #[test]
+    fn round_robin_goes_around_in_extension_order() {
+        let mut q = routed(Strategy::RoundRobin, &[]);
+        // Longest-idle would take 2003 first.
+        for (id, idle_since) in [("2001", 20), ("2002", 10), ("2003", 0)] {
+            q.agent_available(idle(id, idle_since));
+        }
+        let mut order = vec![];
+        for i in 0..4u64 {
+            q.enqueue(format!("c{i}"), 0, i, None, i);
+            order.push(serve(&mut q, 100 + i).unwrap().1);
+        }
+        assert_eq!(order, ["2001", "2002", "2003", "2001"]);
+    }
+
+    #[test]
+    fn ring_all_offers_one_agent_at_a_time_longest_idle_first() {
+        let mut q = routed(Strategy::RingAll, &[]);
+        q.agent_available(idle("recent", 200));
+        q.agent_available(idle("old", 100));
+        q.enqueue("c1".into(), 0, 0, None, 0);
+        assert_eq!(q.next_pairing(300), pair("c1", "old"));
+    }
+
+    #[test]
+    fn a_preferred_agent_has_the_caller_alone_until_its_deadline() {
+        let mut q = routed(Strategy::LongestIdle, &[]);
+        let preferred = PreferredAgent {
+            agent: "manager".into(),
+            until_ms: 20_000,
+        };
+        q.enqueue("c1".into(), 0, 0, Some(preferred), 0);
+        q.agent_available(idle("other", 0));
+        assert_eq!(q.next_pairing(19_999), None);
+        assert_eq!(q.next_change_at_ms(0), Some(20_000));
+        q.agent_available(idle("manager", 500));
+        assert_eq!(q.next_pairing(1_000), pair("c1", "manager"));
+        q.agent_unavailable("manager");
+        assert_eq!(q.next_pairing(20_000), pair("c1", "other"));
+    }
+
+    #[test]
+    fn a_freed_agent_takes_the_best_admissible_caller_across_its_queues() {
+        let agent = skilled("2001", &[("billing", 2)], "", 0).profile;
+        // Billing: the head needs an expert for 10 s more, the next one anyone with billing.
+        let mut billing = routed(Strategy::LongestIdle, BILLING_4_FOR_10S_THEN_1);
+        billing.enqueue("expert-only".into(), 0, 100, None, 15_000);
+        billing.enqueue("b-ringing".into(), 0, 150, None, 150);
+        billing.begin_offer("b-ringing", "x".into(), 200);
+        billing.enqueue("b-any".into(), 0, 300, None, 300);
+        let mut sales = routed(Strategy::LongestIdle, &[]);
+        sales.enqueue("s-old".into(), 0, 200, None, 200);
+        sales.enqueue("s-vip".into(), 5, 900, None, 900);
+        let now = 20_000;
+        let b = billing.candidate_for(&agent, |_| false, now).unwrap();
+        assert_eq!(b.call_id, "b-any", "the first caller in line it may take");
+        let s = sales.candidate_for(&agent, |_| false, now).unwrap();
+        assert_eq!(s.call_id, "s-vip");
+        let candidates = [b.clone(), s];
+        assert_eq!(select_caller(&agent, &candidates), Some(1), "the VIP first");
+        sales.abandon("s-vip");
+        let candidates = [b, sales.candidate_for(&agent, |_| false, now).unwrap()];
+        assert_eq!(
+            select_caller(&agent, &candidates),
+            Some(1),
+            "then the longest waiting: s-old (200) before b-any (300)"
+        );
+        assert_eq!(
+            billing.candidate_for(&agent, |c| c == "expert-only", now),
+            None,
+            "a held caller holds the line"
+        );
     }
 }
 
@@ -1220,6 +1634,7 @@ mod protocol_tests {
                             call: addr(&state.id),
                             priority: 0,
                             since_ms: unix_ms(),
+                            preferred: None,
                         })?;
                     }
                     Event::Requeue {
@@ -1286,6 +1701,16 @@ mod protocol_tests {
         }
 
         async fn call(&self, id: &str, queue: &str, script: &[OfferOutcome]) -> ActorRef<CallMsg> {
+            self.call_with_priority(id, queue, 0, script).await
+        }
+
+        async fn call_with_priority(
+            &self,
+            id: &str,
+            queue: &str,
+            priority: u8,
+            script: &[OfferOutcome],
+        ) -> ActorRef<CallMsg> {
             let state = FakeCallState {
                 id: id.into(),
                 script: script.iter().copied().collect(),
@@ -1298,8 +1723,9 @@ mod protocol_tests {
                 queue,
                 QueueMsg::Enqueue {
                     call: addr(id),
-                    priority: 0,
+                    priority,
                     since_ms: unix_ms(),
+                    preferred: None,
                 },
             );
             call
@@ -1744,5 +2170,79 @@ mod protocol_tests {
         let q = h.queue("sales").await;
         assert_eq!((q.waiting, q.ringing, q.abandoned), (0, 0, 1));
         h.quiet(100).await;
+    }
+
+    const TWO_QUEUES: &str = r#"
+        [[queue]]
+        name = "sales"
+        [[queue]]
+        name = "support"
+        [[agents]]
+        extensions = "2001"
+        password = "pw"
+        queues = ["sales", "support"]
+        available_on_register = true
+    "#;
+
+    #[tokio::test]
+    async fn a_freed_agent_takes_the_vip_of_another_queue_before_an_older_caller() {
+        let mut h = Harness::new(TWO_QUEUES).await;
+        h.call("s-old", "sales", &[]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        h.call_with_priority("t-vip", "support", 5, &[]).await;
+        h.to_agent("2001", registered("2001"));
+        assert_eq!(h.next().await, offer("t-vip", "2001", "support"));
+        h.report("support", "t-vip", "2001", OfferOutcome::CallerAbandoned);
+        assert_eq!(h.next().await, offer("s-old", "2001", "sales"));
+    }
+
+    #[tokio::test]
+    async fn a_freed_agent_takes_the_longest_waiting_caller_across_queues() {
+        let mut h = Harness::new(TWO_QUEUES).await;
+        h.call("t-old", "support", &[]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        h.call("s-new", "sales", &[]).await;
+        h.to_agent("2001", registered("2001"));
+        assert_eq!(h.next().await, offer("t-old", "2001", "support"));
+        let q = h.queue("sales").await;
+        assert_eq!((q.waiting, q.ringing, q.agent_offers), (1, 0, 0));
+    }
+
+    /// A queue actor that takes every message and answers none.
+    struct Silent;
+
+    impl Actor for Silent {
+        type Msg = QueueMsg;
+        type State = Vec<QueueMsg>;
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<QueueMsg>,
+            _: (),
+        ) -> Result<Vec<QueueMsg>, ActorProcessingErr> {
+            Ok(Vec::new())
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<QueueMsg>,
+            msg: QueueMsg,
+            kept: &mut Vec<QueueMsg>,
+        ) -> Result<(), ActorProcessingErr> {
+            // Keeping the reply ports leaves the asks unanswered rather than refused.
+            kept.push(msg);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_does_not_answer_does_not_keep_the_agent_from_the_others() {
+        let mut h = Harness::new(TWO_QUEUES).await;
+        let (silent, _) = Actor::spawn(None, Silent, ()).await.unwrap();
+        h.queues.insert("support".into(), silent);
+        h.call("s1", "sales", &[]).await;
+        h.to_agent("2001", registered("2001"));
+        assert_eq!(h.next().await, offer("s1", "2001", "sales"));
     }
 }

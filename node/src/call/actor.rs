@@ -274,6 +274,7 @@ impl CallState {
                 call,
                 priority,
                 since_ms,
+                preferred: None,
             },
             QueueNote::OfferOutcome { agent_id, outcome } => QueueMsg::OfferOutcome {
                 call,

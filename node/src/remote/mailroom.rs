@@ -206,6 +206,11 @@ impl Mailroom {
                             QueueAsk::Snapshot => ask_local(&queue, QueueMsg::Snapshot, &id)
                                 .await
                                 .map(Answer::QueueSnapshot),
+                            QueueAsk::Candidate { agent } => {
+                                ask_local(&queue, |reply| QueueMsg::Candidate { agent, reply }, &id)
+                                    .await
+                                    .map(Answer::Candidate)
+                            }
                         };
                         respond(responder, answer);
                     });

@@ -97,6 +97,17 @@ impl Actor for QueueProxy {
                     _ => None,
                 },
             ),
+            Err(QueueMsg::Candidate { agent, reply }) => link.ask(
+                Ask::Queue {
+                    id,
+                    ask: QueueAsk::Candidate { agent },
+                },
+                reply,
+                |answer| match answer {
+                    Answer::Candidate(candidate) => Some(candidate),
+                    _ => None,
+                },
+            ),
             // A queue's ticks come from its own timer; nothing to forward.
             Err(_) => {}
         }

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use switchyard_cluster::mesh::Mesh;
 use switchyard_cluster::state::{ActorKey, NodeId};
+use switchyard_routing::CallerCandidate;
 
 use super::{KIND_ACTOR, KIND_ACTOR_REQUEST};
 use crate::acd::agent::AgentSnapshot;
@@ -86,6 +87,8 @@ pub enum Ask {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Answer {
     QueueSnapshot(QueueSnapshot),
+    /// `QueueAsk::Candidate`: the caller the queue would give the agent.
+    Candidate(Option<CallerCandidate>),
     /// `AgentAsk::Reserve`: the contacts if reserved.
     Reserved(Option<Vec<String>>),
     /// `AgentAsk::SetState`.
@@ -147,6 +150,8 @@ pub async fn ask(mesh: &Mesh, node: NodeId, envelope: &Envelope<Ask>, timeout: D
 
 #[cfg(test)]
 mod tests {
+    use switchyard_routing::{Constraint, Requirement};
+
     use super::*;
     use crate::acd::agent::AgentStatus;
     use crate::acd::{OfferOutcome, RequestedState};
@@ -169,6 +174,7 @@ mod tests {
                     },
                     priority: 1,
                     since_ms: 5,
+                    preferred: None,
                 },
             },
             Tell::Agent {
@@ -261,6 +267,13 @@ mod tests {
             Ok(Answer::QueueSnapshot(queue)),
             Ok(Answer::Reserved(Some(vec!["sip:a@b".into()]))),
             Ok(Answer::Reserved(None)),
+            Ok(Answer::Candidate(Some(CallerCandidate {
+                call_id: "c1".into(),
+                priority: 5,
+                since_ms: 10,
+                constraint: Constraint::Skills(Requirement::new([("billing", 4)])),
+            }))),
+            Ok(Answer::Candidate(None)),
             Ok(Answer::StateSet(Err("on a call".into()))),
             Ok(Answer::Bindings(vec![(
                 "2001".into(),
