@@ -325,6 +325,10 @@ pub struct DidConfig {
     /// Higher is served first; FIFO within one priority. A flow's `set` step may change it.
     #[serde(default)]
     pub priority: u8,
+    /// Priorities for callers on number lists (`[[number_list]]`), e.g. `{ vip = 10 }`: a
+    /// caller on several lists gets the highest, and never less than `priority`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub priority_for: BTreeMap<String, u8>,
 }
 
 /// Where a DID's calls go.
@@ -335,6 +339,15 @@ pub enum DidTarget<'a> {
 }
 
 impl DidConfig {
+    /// The priority of a call from `caller`, with the number lists of `flows`.
+    pub fn priority_of(&self, caller: &str, flows: &FlowSet) -> u8 {
+        self.priority_for
+            .iter()
+            .filter(|(list, _)| flows.number_list(list).is_some_and(|l| l.contains(caller)))
+            .map(|(_, priority)| *priority)
+            .fold(self.priority, u8::max)
+    }
+
     /// `None` for a DID naming both or neither (rejected by [`Config::validate`]).
     pub fn target(&self) -> Option<DidTarget<'_>> {
         match (&self.queue, &self.flow) {
@@ -508,6 +521,14 @@ impl Config {
         for d in &self.dids {
             if !numbers.insert(d.number.as_str()) {
                 return invalid(format!("DID {:?} is defined twice", d.number));
+            }
+            for list in d.priority_for.keys() {
+                if !self.number_lists.iter().any(|l| &l.name == list) {
+                    return invalid(format!(
+                        "DID {:?}: priority_for names unknown number list {list:?}",
+                        d.number
+                    ));
+                }
             }
             match d.target() {
                 None => {
@@ -850,5 +871,20 @@ mod tests {
         assert!(agent.skills.is_empty() && agent.team.is_none());
         let json = serde_json::to_string(&agent).unwrap();
         assert_eq!(serde_json::from_str::<AgentSpec>(&json).unwrap(), agent);
+    }
+
+    /// The examples are contracts operators and tests script against: each must load.
+    #[test]
+    fn every_example_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 2, "examples found: {loaded}");
     }
 }

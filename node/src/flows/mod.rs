@@ -219,3 +219,30 @@ pub async fn follow_cluster(runtime: ClusterRuntime, store: Arc<FlowStore>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hotline example's flows against the shipped prompts and its own queues.
+    #[test]
+    fn the_hotline_example_flows_are_valid_with_the_shipped_prompts() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = crate::config::Config::load(&root.join("deploy/examples/hotline.toml"))
+            .expect("hotline example");
+        let prompts = Prompts::load(&root.join("deploy/prompts")).expect("prompts");
+        assert!(prompts.get("zh/welcome").is_some() && prompts.get("en/menu").is_some());
+        let store = FlowStore::open(config.flow_set(), Arc::new(prompts), None).expect("store");
+        let queues = config.queues.iter().map(|q| q.name.as_str());
+        store.check(&store.current(), queues).expect("valid flows");
+        let mut missing_prompt = config.flow_set();
+        missing_prompt.flows[0].language = "fr".into();
+        let problems = store
+            .check(
+                &missing_prompt,
+                config.queues.iter().map(|q| q.name.as_str()),
+            )
+            .expect_err("no French prompts");
+        assert!(problems.contains(r#"flow "main""#), "{problems}");
+    }
+}

@@ -155,17 +155,17 @@ impl CallCore {
             &self.caller.sdp,
         );
         self.respond_to_invite(early);
-        self.priority = did.priority;
+        let flows = env.flows();
+        self.priority = did.priority_of(&self.record.caller, &flows);
         match did.target() {
             Some(DidTarget::Flow(name)) => {
-                let flows = env.flows();
                 let Some(flow) = flows.flow(name) else {
                     // A live change removed the flow the DID names.
                     tracing::error!(call = %self.record.id, flow = name, "DID names a missing flow");
                     return self.refuse(env, StatusCode::ServiceUnavailable, Disposition::Failed);
                 };
                 let mut run = FlowRun::new(flow, &self.record.caller, &self.record.did);
-                run.priority = did.priority;
+                run.priority = self.priority;
                 self.start_flow(env, run);
             }
             Some(DidTarget::Queue(queue)) => {

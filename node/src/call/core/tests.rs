@@ -114,6 +114,17 @@ impl FakeNode {
                 queue: Some("support".into()),
                 flow: None,
                 priority: 3,
+                priority_for: Default::default(),
+            },
+        );
+        dids.insert(
+            "1001".to_owned(),
+            DidConfig {
+                number: "1001".into(),
+                queue: Some("support".into()),
+                flow: None,
+                priority: 3,
+                priority_for: [("vip".to_owned(), 10), ("nobody".to_owned(), 20)].into(),
             },
         );
         dids.insert(
@@ -123,6 +134,7 @@ impl FakeNode {
                 queue: None,
                 flow: Some("main".into()),
                 priority: 0,
+                priority_for: Default::default(),
             },
         );
         let mut bindings = HashMap::new();
@@ -1753,4 +1765,18 @@ fn when_the_agent_hangs_up_first_the_caller_takes_the_survey_and_its_score_is_re
     assert_eq!(record.disposition, Disposition::Answered);
     assert_eq!(record.hangup_by, HangupBy::Agent);
     assert_eq!(record.agent.as_deref(), Some("2001"));
+}
+
+#[test]
+fn a_caller_on_a_did_priority_list_joins_with_that_priority() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "1001");
+    assert_eq!(
+        queue_notes(&call.take_effects()),
+        [QueueNote::Enqueue {
+            priority: 10,
+            since_ms: 1_000_000
+        }],
+        "13900000001 is on the vip list, not on the (missing) nobody list"
+    );
 }
