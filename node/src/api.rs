@@ -550,6 +550,7 @@ mod tests {
             agents: agents.clone(),
             postman: Postman::new(0, Directory::default(), None),
             fence: Fence::open(),
+            board: crate::acd::board::QueueBoard::default(),
         })
         .await
         .unwrap();

@@ -293,6 +293,10 @@ pub struct QueueConfig {
     /// Service level threshold: answered within this many seconds counts as in service level.
     #[serde(default = "default_service_level")]
     pub service_level_secs: u64,
+    /// Tell waiting callers their position and estimated wait this often (at least 15 s);
+    /// never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_every_secs: Option<u64>,
     /// A flow the caller enters when the agent hangs up first: a satisfaction survey, whose
     /// `survey` variable (collected by the flow) is stored on the call record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -500,6 +504,12 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         for q in &self.queues {
+            if q.announce_every_secs.is_some_and(|secs| secs < 15) {
+                return invalid(format!(
+                    "queue {:?}: announce_every_secs must be at least 15",
+                    q.name
+                ));
+            }
             if let Some(flow) = &q.survey
                 && !self.flows.iter().any(|f| &f.name == flow)
             {

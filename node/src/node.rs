@@ -283,6 +283,7 @@ async fn spawn_acd(ctx: &NodeContext, agents: Vec<AgentSpec>) -> anyhow::Result<
             agents: ctx.agents.clone(),
             postman: ctx.postman.clone(),
             fence: Fence::open(),
+            board: ctx.queue_board.clone(),
         };
         let queue = queue::spawn_queue(args)
             .await

@@ -11,8 +11,9 @@ pub struct QueueFigures {
     pub available_agents: u32,
     /// Callers waiting, including those being offered.
     pub waiting: u32,
-    /// Estimated wait of a caller joining now, in seconds.
-    pub estimated_wait_secs: u64,
+    /// Estimated wait of a caller joining now, in seconds; unknown before the queue has seen
+    /// two answers while callers waited.
+    pub estimated_wait_secs: Option<u64>,
 }
 
 /// Figures of every queue homed on this node. Cheap to clone.

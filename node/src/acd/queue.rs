@@ -34,6 +34,7 @@ use switchyard_routing::{
     RouterState, select_agents,
 };
 
+use super::board::{QueueBoard, QueueFigures};
 use super::{AgentId, AgentMsg, CallId, OfferOutcome, QueueMsg};
 use crate::call::WireCallMsg;
 use crate::config::{Overflow, QueueConfig};
@@ -218,6 +219,53 @@ pub struct QueueState {
     /// because that outcome is what frees the agent.
     offers: HashMap<CallId, Offer>,
     next_seq: u64,
+    /// How fast callers leave the line answered, for wait estimates.
+    #[serde(default)]
+    pace: AnswerPace,
+}
+
+/// The recent gap between two answers (an average weighted 1/4 to the newest, as Asterisk
+/// weighs hold times). A caller at position `p` waits about `p` gaps: the gap reflects the
+/// agents serving and their recent handle time together, and the position is the caller's own,
+/// unlike Asterisk's one queue-wide hold time.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct AnswerPace {
+    last_answer_ms: Option<u64>,
+    gap_ms: Option<u64>,
+}
+
+impl AnswerPace {
+    fn answered(&mut self, now_ms: u64) {
+        if let Some(last) = self.last_answer_ms {
+            let gap = now_ms.saturating_sub(last);
+            self.gap_ms = Some(match self.gap_ms {
+                Some(old) => (3 * old + gap) / 4,
+                None => gap,
+            });
+        }
+        self.last_answer_ms = Some(now_ms);
+    }
+}
+
+/// A position and wait announcement due to a waiting caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub call_id: CallId,
+    /// 1 for the caller served next.
+    pub position: u32,
+    pub wait_secs: Option<u64>,
 }
 
 impl QueueState {
@@ -236,7 +284,49 @@ impl QueueState {
             suspended: HashMap::new(),
             offers: HashMap::new(),
             next_seq: 0,
+            pace: AnswerPace::default(),
         }
+    }
+
+    /// Estimated wait of the caller at `position` (1 = next), in seconds: nothing while agents
+    /// are free, `position` answer gaps otherwise; unknown before two answers were seen.
+    pub fn estimated_wait_secs(&self, position: usize) -> Option<u64> {
+        if position <= self.available.len() {
+            return Some(0);
+        }
+        self.pace
+            .gap_ms
+            .map(|gap| gap.saturating_mul(position as u64).div_ceil(1000))
+    }
+
+    /// Callers due an announcement: not ringing, and `every_ms` past their last one (or their
+    /// entry into the queue), with their place in line.
+    pub fn announcements(
+        &self,
+        last: &HashMap<CallId, u64>,
+        every_ms: u64,
+        now_ms: u64,
+    ) -> Vec<Announcement> {
+        let mut due = Vec::new();
+        for (index, place) in self.line.iter().enumerate() {
+            let Some(caller) = self.callers.get(&place.call_id) else {
+                continue;
+            };
+            let since = last
+                .get(&place.call_id)
+                .copied()
+                .unwrap_or(caller.entered_ms);
+            if self.offers.contains_key(&place.call_id) || now_ms.saturating_sub(since) < every_ms {
+                continue;
+            }
+            let position = index + 1;
+            due.push(Announcement {
+                call_id: place.call_id.clone(),
+                position: u32::try_from(position).unwrap_or(u32::MAX),
+                wait_secs: self.estimated_wait_secs(position),
+            });
+        }
+        due
     }
 
     /// Callers in the queue, including those whose offer is ringing.
@@ -458,6 +548,7 @@ impl QueueState {
             OfferOutcome::Answered => {
                 if let Some(caller) = self.remove_caller(call_id) {
                     self.counters.answered += 1;
+                    self.pace.answered(now_ms);
                     let waited = now_ms.saturating_sub(caller.since_ms);
                     if waited <= self.service_level_secs.saturating_mul(1000) {
                         self.counters.answered_in_service_level += 1;
@@ -586,6 +677,11 @@ pub struct QueueActorState {
     ticker: Option<JoinHandle<()>>,
     /// When the pending wake-up for a widening routing step fires (Unix ms).
     wake_at: Option<u64>,
+    /// Position and wait announcements: how often, and when each caller last heard one.
+    announce_every_ms: Option<u64>,
+    announced: HashMap<CallId, u64>,
+    /// Where flows read this queue's staffing and wait.
+    board: QueueBoard,
 }
 
 struct QueueMetrics {
@@ -812,8 +908,45 @@ impl QueueActorState {
         }
     }
 
+    /// Tells flows on this node how the queue stands.
+    fn publish(&self) {
+        let q = &self.queue;
+        self.board.publish(
+            &q.name,
+            QueueFigures {
+                available_agents: u32::try_from(q.available_agents()).unwrap_or(u32::MAX),
+                waiting: u32::try_from(q.waiting()).unwrap_or(u32::MAX),
+                estimated_wait_secs: q.estimated_wait_secs(q.waiting() + 1),
+            },
+        );
+    }
+
+    fn announce(&mut self, now: u64) {
+        let Some(every_ms) = self.announce_every_ms else {
+            return;
+        };
+        let queue = &self.queue;
+        self.announced
+            .retain(|call_id, _| queue.is_waiting(call_id));
+        for due in queue.announcements(&self.announced, every_ms, now) {
+            self.announced.insert(due.call_id.clone(), now);
+            let Some(call) = self.calls.get(&due.call_id) else {
+                continue;
+            };
+            let msg = WireCallMsg::Announce {
+                queue: queue.name.clone(),
+                position: due.position,
+                wait_secs: due.wait_secs,
+            };
+            if self.postman.deliver(call, msg).is_err() {
+                tracing::debug!(queue = %queue.name, call = %due.call_id, "announcement not delivered");
+            }
+        }
+    }
+
     fn tick(&mut self) {
         let now = unix_ms();
+        self.announce(now);
         // Callers of a failed node that no standby brought back are lost.
         let failed: Vec<CallId> = self
             .calls
@@ -902,6 +1035,7 @@ impl Actor for QueueActor {
             agents,
             postman,
             fence,
+            board,
         }: QueueArgs,
     ) -> Result<QueueActorState, ActorProcessingErr> {
         let queue = QueueState::new(&config);
@@ -918,6 +1052,9 @@ impl Actor for QueueActor {
             metrics,
             ticker: None,
             wake_at: None,
+            announce_every_ms: config.announce_every_secs.map(|s| s.saturating_mul(1000)),
+            announced: HashMap::new(),
+            board,
         })
     }
 
@@ -1001,6 +1138,7 @@ impl Actor for QueueActor {
         state.dispatch().await;
         state.wake_for_routing(&myself);
         state.metrics.record(&state.queue);
+        state.publish();
         Ok(())
     }
 }
@@ -1013,6 +1151,7 @@ pub struct QueueArgs {
     pub postman: Postman,
     /// Whether this node may act for the queue right now.
     pub fence: Fence,
+    pub board: QueueBoard,
 }
 
 /// Spawns the actor; the caller registers it in its queue directory.
@@ -1042,6 +1181,7 @@ mod tests {
             wrap_up_secs: 5,
             record: false,
             service_level_secs: 20,
+            announce_every_secs: None,
             survey: None,
         }
     }
@@ -1120,6 +1260,44 @@ mod tests {
         assert_eq!(order, ["high-old", "high-same-time", "high-new", "low-old"]);
         assert_eq!(q.waiting(), 0);
         assert_eq!(q.counters.answered, 4);
+    }
+
+    #[test]
+    fn waits_are_estimated_from_the_place_in_line_and_the_recent_answer_gap() {
+        let mut q = QueueState::new(&config());
+        q.agent_available(idle("a", 0));
+        assert_eq!(q.estimated_wait_secs(1), Some(0), "an agent is free");
+        assert_eq!(q.estimated_wait_secs(2), None, "no answers seen yet");
+        // Answers 20 s apart, then 40 s: the gap weighs the newest by a quarter (25 s).
+        for (i, at) in [0u64, 20_000, 60_000].into_iter().enumerate() {
+            q.agent_available(idle("a", at));
+            let call = format!("c{i}");
+            q.enqueue(call.clone(), 0, at, None, at);
+            let (call, agent) = q.next_pairing(at).expect("pairing");
+            q.begin_offer(&call, agent.clone(), at);
+            q.end_offer(&call, &agent, OfferOutcome::Answered, at);
+        }
+        assert_eq!(q.estimated_wait_secs(1), Some(25));
+        assert_eq!(q.estimated_wait_secs(3), Some(75));
+
+        let mut last = HashMap::new();
+        for (call, at) in [("x", 100_000), ("y", 105_000), ("z", 110_000)] {
+            q.enqueue(call.into(), 0, at, None, at);
+        }
+        assert_eq!(q.next_pairing(0), None, "the agent is busy");
+        let due = q.announcements(&last, 15_000, 118_000);
+        assert_eq!(due.len(), 1, "only x has waited 15 s: {due:?}");
+        assert_eq!(
+            (due[0].call_id.as_str(), due[0].position, due[0].wait_secs),
+            ("x", 1, Some(25))
+        );
+        last.insert("x".to_owned(), 118_000);
+        let due = q.announcements(&last, 15_000, 126_000);
+        let places: Vec<_> = due
+            .iter()
+            .map(|d| (d.call_id.as_str(), d.position))
+            .collect();
+        assert_eq!(places, [("y", 2), ("z", 3)]);
     }
 
     #[test]
@@ -1675,6 +1853,7 @@ mod protocol_tests {
                     agents: agents.clone(),
                     postman: Postman::new(0, calls.clone(), None),
                     fence: Fence::open(),
+                    board: QueueBoard::default(),
                 };
                 queues.insert(q.name.clone(), spawn_queue(args).await.unwrap());
             }
@@ -2112,6 +2291,7 @@ mod protocol_tests {
             agents: h.agents.clone(),
             postman: Postman::new(0, h.calls.clone(), None),
             fence: Fence::open(),
+            board: QueueBoard::default(),
         };
         h.queues
             .insert("sales".into(), spawn_queue(args).await.unwrap());
@@ -2139,6 +2319,7 @@ mod protocol_tests {
             agents: h.agents.clone(),
             postman: Postman::new(0, h.calls.clone(), None),
             fence: Fence::open(),
+            board: QueueBoard::default(),
         };
         h.queues
             .insert("sales".into(), spawn_queue(args).await.unwrap());

@@ -123,6 +123,15 @@ impl Actor for CallActor {
             },
             CallMsg::Overflow { queue, action } => Input::Overflow { queue, action },
             CallMsg::Requeue { queue } => Input::Requeue { queue },
+            CallMsg::Announce {
+                queue,
+                position,
+                wait_secs,
+            } => Input::Announce {
+                queue,
+                position,
+                wait_secs,
+            },
             CallMsg::SipRequest { txn, request, .. } => Input::Request { txn, request },
             CallMsg::SipAck { .. } => return Ok(()),
             CallMsg::SipCancel { .. } => Input::CallerCancelled,
@@ -324,7 +333,7 @@ impl CallEnv for NodeEnv<'_> {
         self.ctx.flows.current()
     }
 
-    fn agents_logged_in(&self, queue: &str) -> u32 {
+    fn agents_available(&self, queue: &str) -> u32 {
         self.ctx
             .queue_board
             .get(queue)
@@ -332,10 +341,12 @@ impl CallEnv for NodeEnv<'_> {
     }
 
     fn estimated_wait_secs(&self, queue: &str) -> u64 {
+        // No estimate yet (a queue that has not answered twice) counts as no wait.
         self.ctx
             .queue_board
             .get(queue)
-            .map_or(0, |f| f.estimated_wait_secs)
+            .and_then(|f| f.estimated_wait_secs)
+            .unwrap_or(0)
     }
 
     fn queue_exists(&self, queue: &str) -> bool {

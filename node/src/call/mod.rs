@@ -51,6 +51,12 @@ pub enum CallMsg {
     Requeue {
         queue: String,
     },
+    /// Tell the waiting caller its place in `queue` and its estimated wait.
+    Announce {
+        queue: String,
+        position: u32,
+        wait_secs: Option<u64>,
+    },
     /// A request on one of the call's legs (re-INVITE, BYE, INFO...), in a server transaction.
     SipRequest {
         txn: TransactionId,
@@ -126,6 +132,11 @@ pub enum WireCallMsg {
     Requeue {
         queue: String,
     },
+    Announce {
+        queue: String,
+        position: u32,
+        wait_secs: Option<u64>,
+    },
 }
 
 impl From<WireCallMsg> for CallMsg {
@@ -146,6 +157,15 @@ impl From<WireCallMsg> for CallMsg {
             },
             WireCallMsg::Overflow { queue, action } => Self::Overflow { queue, action },
             WireCallMsg::Requeue { queue } => Self::Requeue { queue },
+            WireCallMsg::Announce {
+                queue,
+                position,
+                wait_secs,
+            } => Self::Announce {
+                queue,
+                position,
+                wait_secs,
+            },
         }
     }
 }

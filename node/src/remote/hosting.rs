@@ -234,6 +234,7 @@ impl Hosting {
                     agents: self.ctx.agents.clone(),
                     postman: self.ctx.postman.clone(),
                     fence,
+                    board: self.ctx.queue_board.clone(),
                 };
                 Actor::Queue(queue::spawn_queue(args).await?)
             }

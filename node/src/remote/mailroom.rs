@@ -182,7 +182,9 @@ impl Mailroom {
                     cast(&queue_ref, outcome, &queue);
                 }
             }
-            WireCallMsg::Overflow { .. } | WireCallMsg::Requeue { .. } => {
+            WireCallMsg::Overflow { .. }
+            | WireCallMsg::Requeue { .. }
+            | WireCallMsg::Announce { .. } => {
                 tracing::debug!(call = %id, "message for a call that has ended; dropped");
             }
         }

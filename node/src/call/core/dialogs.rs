@@ -11,6 +11,7 @@ use switchyard_sip::transaction::{self, Peer, TransactionId};
 
 use super::super::legs;
 use super::super::replica::{Holder, MediaTarget};
+use super::Sound;
 use super::hold::offer_holds;
 use super::setup::SUPPORTED_CODECS;
 use super::{CallCore, CallEnv, Effect, Leg, LegState, MAX_RECORDED_DIGITS, Phase, QueueNote};
@@ -275,6 +276,13 @@ impl CallCore {
                     self.record.dtmf.push(digit);
                 }
                 self.flow_event(env, FlowEvent::Digit(digit));
+            }
+            // An announcement ended: music again.
+            MediaEvent::PlaybackFinished { endpoint }
+                if caller_ep == Some(endpoint)
+                    && matches!(self.phase, Phase::Queued | Phase::Offering) =>
+            {
+                env.play(endpoint, Sound::MusicOnHold, true);
             }
             MediaEvent::PlaybackFinished { endpoint } if caller_ep == Some(endpoint) => {
                 if let Some(token) = self.flow.as_ref().map(|run| run.token) {

@@ -29,8 +29,8 @@ use crate::cdr::{Disposition, HangupBy};
 struct QueueView<'a>(&'a dyn CallEnv);
 
 impl FlowEnv for QueueView<'_> {
-    fn agents_logged_in(&self, queue: &str) -> u32 {
-        self.0.agents_logged_in(queue)
+    fn agents_available(&self, queue: &str) -> u32 {
+        self.0.agents_available(queue)
     }
 
     fn estimated_wait_secs(&self, queue: &str) -> u64 {
@@ -84,6 +84,28 @@ impl CallCore {
             self.finish(env, HangupBy::Agent, Disposition::Answered);
         } else {
             self.refuse(env, code, disposition);
+        }
+    }
+
+    /// Plays the queue's position and wait announcement to a caller waiting in `queue`; the
+    /// music comes back when it ends (see `on_media`).
+    pub(super) fn announce(
+        &mut self,
+        env: &mut dyn CallEnv,
+        queue: &str,
+        position: u32,
+        wait_secs: Option<u64>,
+    ) {
+        let (Phase::Queued, Some(ep)) = (self.phase, self.caller.endpoint.map(|e| e.id)) else {
+            return;
+        };
+        if self.record.queue.as_deref() != Some(queue) {
+            return;
+        }
+        let language = self.flow.as_ref().map_or("en", |run| run.language.as_str());
+        let prompts = switchyard_flows::announce(language, position, wait_secs);
+        if let Err(e) = env.play_prompts(ep, &prompts, false) {
+            tracing::warn!(call = %self.record.id, error = %e, "announcement not played");
         }
     }
 

@@ -69,8 +69,9 @@ pub trait CallEnv {
     fn did(&self, number: &str) -> Option<DidConfig>;
     /// The IVR flows, schedules and number lists as they are now.
     fn flows(&self) -> Arc<FlowSet>;
-    /// Agents logged in to `queue` (available, busy or wrapping up), for flows that branch on it.
-    fn agents_logged_in(&self, queue: &str) -> u32;
+    /// Agents available for `queue` now, for flows that branch on it. The figures come from
+    /// the queues homed on this node; a queue homed on another node reads as unstaffed.
+    fn agents_available(&self, queue: &str) -> u32;
     /// The queue's estimated wait for a caller joining now.
     fn estimated_wait_secs(&self, queue: &str) -> u64;
     /// Whether queue `queue` exists anywhere in the cluster.
@@ -157,6 +158,12 @@ pub enum Input {
     },
     Requeue {
         queue: String,
+    },
+    /// The queue tells the waiting caller its place and estimated wait.
+    Announce {
+        queue: String,
+        position: u32,
+        wait_secs: Option<u64>,
     },
     /// A request on one of the call's legs, in a server transaction.
     Request {
@@ -370,6 +377,11 @@ impl CallCore {
             ),
             Input::Overflow { queue, action } => self.overflow(env, queue, action),
             Input::Requeue { queue } => self.requeue(env, queue),
+            Input::Announce {
+                queue,
+                position,
+                wait_secs,
+            } => self.announce(env, &queue, position, wait_secs),
             Input::Request { txn, request } => self.on_request(env, txn, request),
             Input::CallerCancelled => self.on_caller_cancel(env),
             Input::Response(response) => self.on_response(env, response),

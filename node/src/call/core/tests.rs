@@ -193,7 +193,7 @@ impl CallEnv for FakeNode {
     fn flows(&self) -> Arc<FlowSet> {
         Arc::clone(&self.flows)
     }
-    fn agents_logged_in(&self, queue: &str) -> u32 {
+    fn agents_available(&self, queue: &str) -> u32 {
         u32::from(queue == "support")
     }
     fn estimated_wait_secs(&self, _queue: &str) -> u64 {
@@ -1779,4 +1779,39 @@ fn a_caller_on_a_did_priority_list_joins_with_that_priority() {
         }],
         "13900000001 is on the vip list, not on the (missing) nobody list"
     );
+}
+
+#[test]
+fn a_waiting_caller_hears_its_place_and_wait_then_the_music_again() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "1000");
+    call.take_effects();
+    let ep = caller_ep(&call);
+    env.took();
+    let announce = |queue: &str| Input::Announce {
+        queue: queue.into(),
+        position: 3,
+        wait_secs: Some(150),
+    };
+    call.handle(&mut env, announce("sales"));
+    assert!(env.took().is_empty(), "not this caller's queue");
+    call.handle(&mut env, announce("support"));
+    assert_eq!(
+        prompts_played(&env.took()),
+        [[
+            "en/position-before",
+            "en/number-3",
+            "en/position-after",
+            "en/wait-before",
+            "en/number-3",
+            "en/wait-minutes"
+        ]
+        .map(str::to_owned)
+        .to_vec()]
+    );
+    call.handle(
+        &mut env,
+        Input::Media(MediaEvent::PlaybackFinished { endpoint: ep }),
+    );
+    assert_eq!(env.took(), [MediaOp::Play(ep, Sound::MusicOnHold)]);
 }
