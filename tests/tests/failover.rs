@@ -1926,3 +1926,76 @@ fn recording_continues_in_a_new_segment_after_a_takeover() {
         began.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// IVR
+
+/// Flow `main` on DID 10086: a menu whose key 0 leads to a line closed by its schedule's
+/// override, waiting long enough for the failover to happen mid-menu.
+const MENU: &str = r#"
+[[did]]
+number = "10086"
+flow = "main"
+
+[[flow]]
+name = "main"
+start = "menu"
+language = "en"
+[flow.steps.menu]
+menu = { prompt = ["menu"], options = { "1" = "support", "0" = "late" }, timeout_secs = 30, on_timeout = "support", on_invalid = "support" }
+[flow.steps.support]
+queue = { name = "support" }
+[flow.steps.late]
+branch_time = { schedule = "late", open = "support", closed = "closed" }
+[flow.steps.closed]
+hangup = { prompt = ["closed"], disposition = "closed" }
+
+[[schedule]]
+name = "late"
+time_zone = "Asia/Shanghai"
+override = "closed"
+"#;
+
+#[test]
+fn a_caller_mid_menu_resumes_at_the_same_step_on_the_standby_after_kill_9() {
+    let _serial = serial();
+    let (mut cluster, roles) = start_with("failover-ivr", 1, |node| node.extra = MENU.into());
+    let Roles { a, .. } = roles;
+    let sipp = cluster
+        .node(a)
+        .sipp("caller-ivr", "caller_ivr_failover.xml")
+        .dial("10086")
+        .timeout_secs(90);
+    std::fs::create_dir_all(sipp.dir()).expect("sipp dir");
+    std::fs::copy(
+        "/usr/share/sip-tester/dtmf_2833_0.pcap",
+        sipp.dir().join("keys.pcap"),
+    )
+    .expect("SIPp's dtmf_2833_0.pcap (Debian's sip-tester ships it)");
+    let caller = sipp.spawn();
+    let call_id = format!("1-{}@127.0.0.1", caller.pid());
+    wait_call_states(&cluster, a, &[("ivr", 1)]);
+    // Past the copy delay, so that the standby holds the caller at the menu.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let failed_at = Instant::now();
+    eprintln!("[test] kill -9 node {a} while the caller is in the menu");
+    cluster.kill9(a);
+    wait_declared_failed(&cluster, &roles.survivors(), a, failed_at);
+    caller.expect_success_with(cluster.node(roles.b));
+
+    let by_call = wait_records(&cluster, &roles.survivors(), std::slice::from_ref(&call_id));
+    let records = &by_call[&call_id];
+    assert_eq!(records.len(), 1, "one record: {records:#?}");
+    let (node, record) = &records[0];
+    assert_ne!(*node, a);
+    assert_eq!(record.disposition, "closed", "{record:#?}");
+    assert_eq!(record.flow.as_deref(), Some("main"), "{record:#?}");
+    assert_eq!(
+        record.menu, "0",
+        "the key pressed after the take-over: {record:#?}"
+    );
+    let (from_node, _, outcome) = failover_of(record).expect("failover recorded");
+    assert!(names_node(&from_node, a), "{record:#?}");
+    assert_eq!(outcome, "resumed", "{record:#?}");
+}

@@ -279,11 +279,15 @@ impl CallState {
             call_id: self.core.id().to_owned(),
         };
         let msg = match note {
-            QueueNote::Enqueue { priority, since_ms } => QueueMsg::Enqueue {
+            QueueNote::Enqueue {
+                priority,
+                since_ms,
+                preferred,
+            } => QueueMsg::Enqueue {
                 call,
                 priority,
                 since_ms,
-                preferred: None,
+                preferred,
             },
             QueueNote::OfferOutcome { agent_id, outcome } => QueueMsg::OfferOutcome {
                 call,

@@ -141,6 +141,7 @@ impl CallCore {
             attempts: 0,
             priority: 0,
             flow: None,
+            preferred: None,
             record,
             hold: None,
             invited_at: env.instant(),
@@ -244,6 +245,8 @@ impl CallCore {
             attempts: replica.attempts,
             priority: replica.priority,
             flow: replica.flow,
+            // A taken-over caller queues again without its preferred agent's window.
+            preferred: None,
             record,
             hold: replica.hold,
             invited_at: env.instant(),

@@ -20,6 +20,7 @@
 use std::time::Duration;
 
 use switchyard_flows::{FlowCommand, FlowEnv, FlowEvent, FlowRun, SURVEY_VAR};
+use switchyard_routing::PreferredAgent;
 use switchyard_sip::rsip::StatusCode;
 
 use super::{CallCore, CallEnv, Effect, Phase, Sound, Timer};
@@ -165,9 +166,18 @@ impl CallCore {
                 self.end_flow(env, StatusCode::ServiceUnavailable, Disposition::Failed);
             }
             FlowCommand::EnterQueue {
-                queue, priority, ..
+                queue,
+                priority,
+                preferred_agent,
+                ..
             } => {
                 self.priority = priority;
+                self.preferred = preferred_agent.map(|p| PreferredAgent {
+                    agent: p.agent,
+                    until_ms: env
+                        .now_ms()
+                        .saturating_add(p.wait_secs.saturating_mul(1000)),
+                });
                 env.play(caller_ep, Sound::MusicOnHold, true);
                 let now = env.now_ms();
                 self.enqueue(env, queue, now);

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use switchyard_cluster::state::NodeId;
 use switchyard_flows::{FlowEvent, FlowRun, FlowSet};
 use switchyard_media::{Endpoint, EndpointId, MediaEvent, MonitorMode as MixMode};
+use switchyard_routing::PreferredAgent;
 use switchyard_sip::rsip::{self, Request, Response};
 use switchyard_sip::transaction::{Peer, TransactionId, Transport};
 
@@ -210,6 +211,8 @@ pub enum QueueNote {
     Enqueue {
         priority: u8,
         since_ms: u64,
+        /// The agent a flow asked for, and until when only they may take the call.
+        preferred: Option<PreferredAgent>,
     },
     OfferOutcome {
         agent_id: String,
@@ -324,6 +327,8 @@ pub struct CallCore {
     priority: u8,
     /// The caller's way through its IVR flow, while in one (and after, for the record).
     flow: Option<FlowRun>,
+    /// The agent the flow asked for ("account manager first"), kept across overflows.
+    preferred: Option<PreferredAgent>,
     record: CallRecord,
     /// The hold in progress, if any.
     hold: Option<super::replica::Hold>,

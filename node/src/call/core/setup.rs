@@ -188,7 +188,11 @@ impl CallCore {
         let priority = self.priority;
         self.emit(Effect::ToQueue {
             queue,
-            note: QueueNote::Enqueue { priority, since_ms },
+            note: QueueNote::Enqueue {
+                priority,
+                since_ms,
+                preferred: self.preferred.clone(),
+            },
         });
     }
 

@@ -45,7 +45,7 @@ next = "menu"
 [flow.steps.menu]
 menu = { prompt = ["menu"], options = { "1" = "sales", "2" = "support", "0" = "late" }, timeout_secs = 5, max_timeouts = 2, on_timeout = "support", on_invalid = "support" }
 [flow.steps.sales]
-queue = { name = "sales" }
+queue = { name = "sales", preferred_agent = "2001", preferred_wait_secs = 20 }
 [flow.steps.support]
 queue = { name = "support" }
 [flow.steps.late]
@@ -513,7 +513,8 @@ fn a_routed_call_hears_music_and_joins_its_queue_with_the_did_priority() {
         queue_notes(&effects),
         [QueueNote::Enqueue {
             priority: 3,
-            since_ms: 1_000_000
+            since_ms: 1_000_000,
+            preferred: None,
         }]
     );
     assert_eq!(call.phase, Phase::Queued);
@@ -899,7 +900,7 @@ fn overflow_to_another_queue_keeps_the_first_queued_time() {
     let effects = call.take_effects();
     assert!(matches!(
         &effects[..],
-        [Effect::ToQueue { queue, note: QueueNote::Enqueue { priority: 3, since_ms: 1_000_000 } }]
+        [Effect::ToQueue { queue, note: QueueNote::Enqueue { priority: 3, since_ms: 1_000_000, preferred: None, } }]
             if queue == "sales"
     ));
     assert_eq!(call.record.queue.as_deref(), Some("sales"));
@@ -928,7 +929,8 @@ fn a_requeue_from_a_restarted_queue_rejoins_only_that_queue() {
         queue_notes(&call.take_effects()),
         [QueueNote::Enqueue {
             priority: 3,
-            since_ms: 1_000_000
+            since_ms: 1_000_000,
+            preferred: None,
         }]
     );
 }
@@ -1260,7 +1262,8 @@ fn a_queued_caller_taken_over_adopts_its_invite_and_keeps_its_place() {
         queue_notes(&effects),
         [QueueNote::Enqueue {
             priority: 3,
-            since_ms: 1_000_000
+            since_ms: 1_000_000,
+            preferred: None,
         }]
     );
     // The adopted INVITE comes back in this node's transaction: 183 with this node's media.
@@ -1305,7 +1308,8 @@ fn a_ringing_offer_taken_over_is_cancelled_and_reported_failed() {
             },
             QueueNote::Enqueue {
                 priority: 3,
-                since_ms: 1_000_000
+                since_ms: 1_000_000,
+                preferred: None,
             }
         ]
     );
@@ -1574,8 +1578,13 @@ fn a_flow_plays_its_prompts_and_a_menu_key_queues_the_caller_with_the_flow_prior
         queue_notes(&effects),
         [QueueNote::Enqueue {
             priority: 10,
-            since_ms: 1_000_000
-        }]
+            since_ms: 1_000_000,
+            preferred: Some(PreferredAgent {
+                agent: "2001".into(),
+                until_ms: 1_020_000
+            }),
+        }],
+        "the flow's account manager first, for 20 s"
     );
     assert!(env.took().contains(&MediaOp::Play(ep, Sound::MusicOnHold)));
     assert_eq!(call.phase, Phase::Queued);
@@ -1687,7 +1696,8 @@ fn a_caller_mid_menu_is_taken_over_at_the_same_step_with_its_priority() {
         queue_notes(&effects),
         [QueueNote::Enqueue {
             priority: 10,
-            since_ms: 1_000_000
+            since_ms: 1_000_000,
+            preferred: None,
         }]
     );
     assert_eq!(standby.record.menu, "2");
@@ -1775,7 +1785,8 @@ fn a_caller_on_a_did_priority_list_joins_with_that_priority() {
         queue_notes(&call.take_effects()),
         [QueueNote::Enqueue {
             priority: 10,
-            since_ms: 1_000_000
+            since_ms: 1_000_000,
+            preferred: None,
         }],
         "13900000001 is on the vip list, not on the (missing) nobody list"
     );
