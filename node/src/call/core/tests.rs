@@ -1826,3 +1826,28 @@ fn a_waiting_caller_hears_its_place_and_wait_then_the_music_again() {
     );
     assert_eq!(env.took(), [MediaOp::Play(ep, Sound::MusicOnHold)]);
 }
+
+#[test]
+fn the_clock_closes_a_line_outside_its_hours() {
+    let mut env = FakeNode::new();
+    let by_the_clock = TEST_FLOWS.replace(
+        r#"override = "closed""#,
+        r#"hours = [{ open = "08:30", close = "22:30" }]"#,
+    );
+    let flows: FlowSet = toml::from_str(&by_the_clock).expect("flows");
+    env.flows = Arc::new(flows);
+    // 2026-12-08 23:00 in Shanghai (15:00 UTC): closed; 09:00 (01:00 UTC): open.
+    for (utc_ms, queued) in [(1_796_742_000_000, false), (1_796_691_600_000, true)] {
+        env.now_ms = utc_ms;
+        let mut call = started_call(&mut env, "10086");
+        let ep = caller_ep(&call);
+        call.handle(
+            &mut env,
+            Input::Media(MediaEvent::Dtmf {
+                endpoint: ep,
+                digit: '0',
+            }),
+        );
+        assert_eq!(call.phase == Phase::Queued, queued, "at {utc_ms}");
+    }
+}
