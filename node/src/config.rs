@@ -250,12 +250,14 @@ impl Default for RegistrarConfig {
     }
 }
 
-/// Where a caller goes after waiting `max_wait_secs`.
+/// Where a caller goes after waiting `max_wait_secs`, or on joining when an exit applies.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "action")]
 pub enum Overflow {
-    /// Re-queue in another queue, keeping the caller's priority.
+    /// Re-queue in another queue, keeping the caller's priority and first-queued time.
     Queue { queue: String },
+    /// Into an IVR flow (a message, a menu of other options).
+    Flow { flow: String },
     /// Play the goodbye prompt and hang up.
     Goodbye,
 }
@@ -293,6 +295,9 @@ pub struct QueueConfig {
     /// Service level threshold: answered within this many seconds counts as in service level.
     #[serde(default = "default_service_level")]
     pub service_level_secs: u64,
+    /// When a joining caller goes to `overflow` at once rather than waiting.
+    #[serde(default, skip_serializing_if = "Exits::is_empty")]
+    pub exits: Exits,
     /// Tell waiting callers their position and estimated wait this often (at least 15 s);
     /// never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +317,38 @@ impl QueueConfig {
             routing: self.routing.clone(),
             pools: self.pools.clone(),
         }
+    }
+}
+
+/// Conditions under which a caller joining the queue is sent to its overflow at once.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Deserialize,
+    Serialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct Exits {
+    /// No agent of the queue is logged in (join-empty).
+    #[serde(default)]
+    pub no_agents: bool,
+    /// This many callers are already waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_waiting: Option<u32>,
+    /// The estimated wait of a caller joining now is above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_estimated_wait_secs: Option<u64>,
+}
+
+impl Exits {
+    fn is_empty(&self) -> bool {
+        *self == Exits::default()
     }
 }
 
@@ -523,6 +560,14 @@ impl Config {
             {
                 return invalid(format!(
                     "queue {:?} overflows to unknown queue {queue:?}",
+                    q.name
+                ));
+            }
+            if let Overflow::Flow { flow } = &q.overflow
+                && !self.flows.iter().any(|f| &f.name == flow)
+            {
+                return invalid(format!(
+                    "queue {:?} overflows to unknown flow {flow:?}",
                     q.name
                 ));
             }

@@ -49,6 +49,22 @@ queue = "general"
 number = "1003"
 queue = "general"
 priority = 10
+
+# Nobody ever logs in to "empty": callers go straight to its overflow flow.
+[[queue]]
+name = "empty"
+exits = { no_agents = true }
+overflow = { action = "flow", flow = "sorry" }
+
+[[did]]
+number = "1004"
+queue = "empty"
+
+[[flow]]
+name = "sorry"
+start = "bye"
+[flow.steps.bye]
+hangup = { prompt = ["closed"], disposition = "closed" }
 "#;
 
 /// An agent phone answering `calls` calls, each after 200 ms, registered as `ext`.
@@ -89,7 +105,7 @@ fn wait_waiting(node: &Node, queue: &str, waiting: u64) {
 }
 
 #[test]
-fn skills_widen_after_ten_seconds_the_expert_goes_first_and_priority_overtakes() {
+fn skills_widen_after_ten_seconds_the_expert_goes_first_priority_overtakes_and_empty_queues_exit() {
     let node = Node::start(
         "routing",
         NodeConfig {
@@ -143,4 +159,23 @@ fn skills_widen_after_ten_seconds_the_expert_goes_first_and_priority_overtakes()
     let order: Vec<&str> = general.iter().map(|c| c.did.as_str()).collect();
     assert_eq!(order, ["1003", "1002", "1002", "1002"], "{general:#?}");
     assert_eq!(general[0].priority, 10, "{:#?}", general[0]);
+
+    // Join-empty: the caller hears the overflow flow's prompt and is refused at once.
+    let sipp = node
+        .sipp("caller-join-empty", "caller_ivr.xml")
+        .dial("1004")
+        .timeout_secs(30);
+    std::fs::create_dir_all(sipp.dir()).expect("sipp dir");
+    std::fs::copy(
+        "/usr/share/sip-tester/dtmf_2833_1.pcap",
+        sipp.dir().join("keys.pcap"),
+    )
+    .expect("SIPp's dtmf_2833_1.pcap");
+    sipp.spawn().expect_success_with(&node);
+    let cdrs = node.wait_cdrs(7, Duration::from_secs(10));
+    let empty = cdrs.iter().find(|c| c.did == "1004").expect("record");
+    assert_eq!(empty.disposition, "closed", "{empty:#?}");
+    assert_eq!(empty.flow.as_deref(), Some("sorry"), "{empty:#?}");
+    let queue = node.get_json("/v1/queues/empty");
+    assert_eq!(queue["overflowed"], 1, "{queue}");
 }

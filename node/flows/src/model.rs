@@ -320,7 +320,7 @@ pub struct BranchVar {
     pub otherwise: String,
 }
 
-/// `then` when the queue has at least `min_agents` available now and an estimated wait of at most
+/// `then` when the queue has at least `min_agents` logged in and an estimated wait of at most
 /// `max_wait_secs` (each only when given), else `else`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

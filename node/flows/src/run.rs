@@ -29,7 +29,7 @@ const MAX_HOPS: usize = 64;
 
 /// What the flow may ask about the call's surroundings, read-only.
 pub trait FlowEnv {
-    fn agents_available(&self, queue: &str) -> u32;
+    fn agents_logged_in(&self, queue: &str) -> u32;
     fn estimated_wait_secs(&self, queue: &str) -> u64;
 }
 
@@ -345,7 +345,7 @@ impl FlowRun {
             StepKind::BranchQueue(branch) => {
                 let staffed = branch
                     .min_agents
-                    .is_none_or(|min| turn.env.agents_available(&branch.queue) >= min);
+                    .is_none_or(|min| turn.env.agents_logged_in(&branch.queue) >= min);
                 let quick = branch
                     .max_wait_secs
                     .is_none_or(|max| turn.env.estimated_wait_secs(&branch.queue) <= max);
@@ -586,7 +586,7 @@ mod tests {
     }
 
     impl FlowEnv for Queues {
-        fn agents_available(&self, _queue: &str) -> u32 {
+        fn agents_logged_in(&self, _queue: &str) -> u32 {
             self.agents
         }
 

@@ -12,7 +12,7 @@ const HOTLINE: &str = include_str!("hotline.toml");
 struct NoQueues;
 
 impl FlowEnv for NoQueues {
-    fn agents_available(&self, _queue: &str) -> u32 {
+    fn agents_logged_in(&self, _queue: &str) -> u32 {
         0
     }
 

@@ -669,6 +669,20 @@ impl AgentActorState {
         });
     }
 
+    /// Tells queue `name` whether the agent is logged in.
+    fn tell_staffed(&self, name: &String, logged_in: bool) {
+        let Some(queue) = self.queues.get(name) else {
+            return;
+        };
+        let msg = QueueMsg::AgentStaffed {
+            agent_id: self.agent.extension.clone(),
+            logged_in,
+        };
+        if queue.send_message(msg).is_err() {
+            tracing::warn!(agent = %self.agent.extension, queue = %name, "queue actor has stopped");
+        }
+    }
+
     fn tell_queue(&self, name: &String, transition: Transition) {
         let agent_id = &self.agent.extension;
         let Some(queue) = self.queues.get(name) else {
@@ -786,6 +800,10 @@ impl Actor for AgentActor {
         let transition = match msg {
             AgentMsg::Contacts { node, contacts } => agent.set_contacts(node, contacts, now),
             AgentMsg::Announce { queue } => {
+                if agent.status != AgentStatus::LoggedOut && agent.queues.contains(&queue) {
+                    state.tell_staffed(&queue, true);
+                }
+                let agent = &state.agent;
                 if agent.status == AgentStatus::Available && agent.queues.contains(&queue) {
                     let idle_since_ms = agent.idle_since_ms;
                     state.tell_queue(&queue, Transition::Available { idle_since_ms });
@@ -873,6 +891,12 @@ impl Actor for AgentActor {
         match transition {
             Transition::Available { .. } => state.fair_pick(&myself, transition),
             _ => state.notify(transition),
+        }
+        let logged_in = state.agent.status != AgentStatus::LoggedOut;
+        if logged_in != (before.status != AgentStatus::LoggedOut.name()) {
+            for queue in &state.agent.queues {
+                state.tell_staffed(queue, logged_in);
+            }
         }
         record_metrics(&before, &state.agent);
         state.replicate(&myself);

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 /// One queue's figures, as of its last change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueFigures {
-    /// Agents available for the queue now.
-    pub available_agents: u32,
+    /// Agents of the queue logged in (available, busy or not ready).
+    pub logged_in_agents: u32,
     /// Callers waiting, including those being offered.
     pub waiting: u32,
     /// Estimated wait of a caller joining now, in seconds; unknown before the queue has seen

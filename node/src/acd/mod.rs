@@ -83,6 +83,9 @@ pub enum QueueMsg {
     },
     /// An agent serving this queue is no longer available (offered elsewhere, on a call, not ready).
     AgentUnavailable { agent_id: AgentId },
+    /// The agent logged in (any state but logged out) or out: for the queue's join-empty exit
+    /// and for flows that branch on staffing.
+    AgentStaffed { agent_id: AgentId, logged_in: bool },
     /// An agent that just freed up asks which caller this queue would give it (the fair pick
     /// across its queues): the first in line, not ringing an agent, that it may take now.
     /// `None` also when the queue may not act now.
@@ -218,6 +221,10 @@ pub enum WireQueueMsg {
     AgentUnavailable {
         agent_id: AgentId,
     },
+    AgentStaffed {
+        agent_id: AgentId,
+        logged_in: bool,
+    },
     Claimed {
         call_id: CallId,
         agent_id: AgentId,
@@ -262,6 +269,13 @@ impl From<WireQueueMsg> for QueueMsg {
                 Self::AgentAvailable { profile, load }
             }
             WireQueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
+            WireQueueMsg::AgentStaffed {
+                agent_id,
+                logged_in,
+            } => Self::AgentStaffed {
+                agent_id,
+                logged_in,
+            },
             WireQueueMsg::Claimed {
                 call_id,
                 agent_id,
@@ -304,6 +318,13 @@ impl TryFrom<QueueMsg> for WireQueueMsg {
             },
             QueueMsg::AgentAvailable { profile, load } => Self::AgentAvailable { profile, load },
             QueueMsg::AgentUnavailable { agent_id } => Self::AgentUnavailable { agent_id },
+            QueueMsg::AgentStaffed {
+                agent_id,
+                logged_in,
+            } => Self::AgentStaffed {
+                agent_id,
+                logged_in,
+            },
             QueueMsg::Claimed {
                 call_id,
                 agent_id,
@@ -440,6 +461,10 @@ mod tests {
             },
             WireQueueMsg::AgentUnavailable {
                 agent_id: "2001".into(),
+            },
+            WireQueueMsg::AgentStaffed {
+                agent_id: "2001".into(),
+                logged_in: true,
             },
             WireQueueMsg::Claimed {
                 call_id: "c1".into(),

@@ -37,7 +37,7 @@ use switchyard_routing::{
 use super::board::{QueueBoard, QueueFigures};
 use super::{AgentId, AgentMsg, CallId, OfferOutcome, QueueMsg};
 use crate::call::WireCallMsg;
-use crate::config::{Overflow, QueueConfig};
+use crate::config::{Exits, Overflow, QueueConfig};
 use crate::remote::{CallAddr, Fence, Postman};
 use crate::time::unix_ms;
 
@@ -222,6 +222,20 @@ pub struct QueueState {
     /// How fast callers leave the line answered, for wait estimates.
     #[serde(default)]
     pace: AnswerPace,
+    /// Agents of the queue logged in (in any state but logged out).
+    #[serde(default)]
+    staffed: BTreeSet<AgentId>,
+    /// When a joining caller is sent to the overflow at once.
+    #[serde(default)]
+    exits: Exits,
+}
+
+/// Why a caller was sent to the overflow on joining.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    NoAgents,
+    TooMany,
+    TooLong,
 }
 
 /// The recent gap between two answers (an average weighted 1/4 to the newest, as Asterisk
@@ -285,7 +299,46 @@ impl QueueState {
             offers: HashMap::new(),
             next_seq: 0,
             pace: AnswerPace::default(),
+            staffed: BTreeSet::new(),
+            exits: config.exits.clone(),
         }
+    }
+
+    /// Agents logged in for the queue.
+    pub fn staffed_agents(&self) -> usize {
+        self.staffed.len()
+    }
+
+    /// The agent logged in or out.
+    pub fn agent_staffed(&mut self, agent_id: &str, logged_in: bool) {
+        if logged_in {
+            self.staffed.insert(agent_id.to_owned());
+        } else {
+            self.staffed.remove(agent_id);
+            self.agent_unavailable(agent_id);
+        }
+    }
+
+    /// Whether a caller joining now goes to the overflow at once instead (the queue's `exits`).
+    pub fn exit_on_joining(&self) -> Option<Exit> {
+        let exits = &self.exits;
+        if exits.no_agents && self.staffed.is_empty() && self.available.is_empty() {
+            return Some(Exit::NoAgents);
+        }
+        if exits
+            .max_waiting
+            .is_some_and(|max| self.callers.len() >= max as usize)
+        {
+            return Some(Exit::TooMany);
+        }
+        let wait = self.estimated_wait_secs(self.callers.len() + 1);
+        if exits
+            .max_estimated_wait_secs
+            .is_some_and(|max| wait.is_some_and(|wait| wait > max))
+        {
+            return Some(Exit::TooLong);
+        }
+        None
     }
 
     /// Estimated wait of the caller at `position` (1 = next), in seconds: nothing while agents
@@ -385,6 +438,7 @@ impl QueueState {
     /// Adds an agent, or updates its profile and load if already available.
     pub fn agent_available(&mut self, agent: IdleAgent) {
         self.agent_unavailable(&agent.profile.id);
+        self.staffed.insert(agent.profile.id.clone());
         let key = (agent.load.idle_since_ms, &agent.profile.id);
         let at = self
             .available
@@ -914,7 +968,7 @@ impl QueueActorState {
         self.board.publish(
             &q.name,
             QueueFigures {
-                available_agents: u32::try_from(q.available_agents()).unwrap_or(u32::MAX),
+                logged_in_agents: u32::try_from(q.staffed_agents()).unwrap_or(u32::MAX),
                 waiting: u32::try_from(q.waiting()).unwrap_or(u32::MAX),
                 estimated_wait_secs: q.estimated_wait_secs(q.waiting() + 1),
             },
@@ -1092,10 +1146,26 @@ impl Actor for QueueActor {
                 preferred,
             } => {
                 let call_id = call.call_id.clone();
-                if state
-                    .queue
-                    .enqueue(call_id.clone(), priority, since_ms, preferred, unix_ms())
-                {
+                let joining = !state.queue.is_waiting(&call_id);
+                if let Some(exit) = joining.then(|| state.queue.exit_on_joining()).flatten() {
+                    tracing::info!(queue = %state.queue.name, call = %call_id, ?exit,
+                        "caller sent to the overflow on joining");
+                    state.queue.counters.offered += 1;
+                    state.queue.counters.overflowed += 1;
+                    let msg = WireCallMsg::Overflow {
+                        queue: state.queue.name.clone(),
+                        action: state.overflow.clone(),
+                    };
+                    if state.postman.deliver(&call, msg).is_err() {
+                        tracing::info!(call = %call_id, "overflowed call actor has already stopped");
+                    }
+                } else if state.queue.enqueue(
+                    call_id.clone(),
+                    priority,
+                    since_ms,
+                    preferred,
+                    unix_ms(),
+                ) {
                     state.calls.insert(call_id, call);
                 } else {
                     // Callers join again when asked to (`CallMsg::Requeue`): first place stands.
@@ -1118,6 +1188,10 @@ impl Actor for QueueActor {
                 state.queue.agent_available(IdleAgent { profile, load })
             }
             QueueMsg::AgentUnavailable { agent_id } => state.queue.agent_unavailable(&agent_id),
+            QueueMsg::AgentStaffed {
+                agent_id,
+                logged_in,
+            } => state.queue.agent_staffed(&agent_id, logged_in),
             QueueMsg::Candidate { agent, reply } => {
                 // The agent may have given up waiting; it then announces itself to all.
                 let _ = reply.send(state.candidate_for(&agent));
@@ -1182,6 +1256,7 @@ mod tests {
             record: false,
             service_level_secs: 20,
             announce_every_secs: None,
+            exits: Exits::default(),
             survey: None,
         }
     }
@@ -1298,6 +1373,43 @@ mod tests {
             .map(|d| (d.call_id.as_str(), d.position))
             .collect();
         assert_eq!(places, [("y", 2), ("z", 3)]);
+    }
+
+    #[test]
+    fn joining_callers_exit_when_nobody_is_logged_in_the_line_is_full_or_the_wait_too_long() {
+        let mut q = QueueState::new(&QueueConfig {
+            exits: Exits {
+                no_agents: true,
+                max_waiting: Some(2),
+                max_estimated_wait_secs: Some(60),
+            },
+            ..config()
+        });
+        assert_eq!(q.exit_on_joining(), Some(Exit::NoAgents));
+        q.agent_staffed("a", true);
+        assert_eq!(q.exit_on_joining(), None, "logged in, even if busy");
+        q.agent_staffed("a", false);
+        assert_eq!(q.exit_on_joining(), Some(Exit::NoAgents));
+        q.agent_available(idle("a", 0));
+        assert_eq!(q.staffed_agents(), 1, "an available agent is logged in");
+        // Two answers 40 s apart: the third caller in line would wait 120 s.
+        for at in [0, 40_000] {
+            q.agent_available(idle("a", at));
+            q.enqueue(format!("c{at}"), 0, at, None, at);
+            let (call, agent) = q.next_pairing(at).expect("pairing");
+            q.begin_offer(&call, agent.clone(), at);
+            q.end_offer(&call, &agent, OfferOutcome::Answered, at);
+        }
+        q.enqueue("w1".into(), 0, 50_000, None, 50_000);
+        assert_eq!(
+            q.exit_on_joining(),
+            Some(Exit::TooLong),
+            "80 s for the second"
+        );
+        q.exits.max_estimated_wait_secs = Some(100);
+        assert_eq!(q.exit_on_joining(), None);
+        q.enqueue("w2".into(), 0, 51_000, None, 51_000);
+        assert_eq!(q.exit_on_joining(), Some(Exit::TooMany));
     }
 
     #[test]

@@ -337,11 +337,11 @@ impl CallEnv for NodeEnv<'_> {
         self.ctx.flows.current()
     }
 
-    fn agents_available(&self, queue: &str) -> u32 {
+    fn agents_logged_in(&self, queue: &str) -> u32 {
         self.ctx
             .queue_board
             .get(queue)
-            .map_or(0, |f| f.available_agents)
+            .map_or(0, |f| f.logged_in_agents)
     }
 
     fn estimated_wait_secs(&self, queue: &str) -> u64 {

@@ -30,8 +30,8 @@ use crate::cdr::{Disposition, HangupBy};
 struct QueueView<'a>(&'a dyn CallEnv);
 
 impl FlowEnv for QueueView<'_> {
-    fn agents_available(&self, queue: &str) -> u32 {
-        self.0.agents_available(queue)
+    fn agents_logged_in(&self, queue: &str) -> u32 {
+        self.0.agents_logged_in(queue)
     }
 
     fn estimated_wait_secs(&self, queue: &str) -> u64 {

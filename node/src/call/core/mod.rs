@@ -70,9 +70,9 @@ pub trait CallEnv {
     fn did(&self, number: &str) -> Option<DidConfig>;
     /// The IVR flows, schedules and number lists as they are now.
     fn flows(&self) -> Arc<FlowSet>;
-    /// Agents available for `queue` now, for flows that branch on it. The figures come from
-    /// the queues homed on this node; a queue homed on another node reads as unstaffed.
-    fn agents_available(&self, queue: &str) -> u32;
+    /// Agents logged in for `queue`, for flows that branch on it. The figures come from the
+    /// queues homed on this node; a queue homed on another node reads as unstaffed.
+    fn agents_logged_in(&self, queue: &str) -> u32;
     /// The queue's estimated wait for a caller joining now.
     fn estimated_wait_secs(&self, queue: &str) -> u64;
     /// Whether queue `queue` exists anywhere in the cluster.

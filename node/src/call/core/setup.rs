@@ -553,6 +553,23 @@ impl CallCore {
                 let since = self.record.queued_ms.unwrap_or_else(|| env.now_ms());
                 self.enqueue(env, target, since);
             }
+            Overflow::Flow { flow } => {
+                let flows = env.flows();
+                let Some(flow) = flows.flow(&flow) else {
+                    tracing::error!(call = %self.record.id, %flow, "overflow flow is missing");
+                    return self.refuse(
+                        env,
+                        StatusCode::ServiceUnavailable,
+                        Disposition::Overflowed,
+                    );
+                };
+                let mut run = FlowRun::new(flow, &self.record.caller, &self.record.did);
+                run.priority = self.priority;
+                if let Some(language) = self.flow.as_ref().map(|r| r.language.clone()) {
+                    run.language = language;
+                }
+                self.start_flow(env, run);
+            }
             Overflow::Goodbye => {
                 self.phase = Phase::Goodbye;
                 if let Some(ep) = self.caller.endpoint {

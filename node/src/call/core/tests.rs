@@ -193,7 +193,7 @@ impl CallEnv for FakeNode {
     fn flows(&self) -> Arc<FlowSet> {
         Arc::clone(&self.flows)
     }
-    fn agents_available(&self, queue: &str) -> u32 {
+    fn agents_logged_in(&self, queue: &str) -> u32 {
         u32::from(queue == "support")
     }
     fn estimated_wait_secs(&self, _queue: &str) -> u64 {
@@ -1850,4 +1850,23 @@ fn the_clock_closes_a_line_outside_its_hours() {
         );
         assert_eq!(call.phase == Phase::Queued, queued, "at {utc_ms}");
     }
+}
+
+#[test]
+fn overflow_to_a_flow_plays_it_to_the_waiting_caller() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "1000");
+    call.take_effects();
+    env.took();
+    call.handle(
+        &mut env,
+        Input::Overflow {
+            queue: "support".into(),
+            action: Overflow::Flow {
+                flow: "survey".into(),
+            },
+        },
+    );
+    assert_eq!(call.phase, Phase::Ivr);
+    assert_eq!(prompts_played(&env.took()), names(&["en/survey"]));
 }
