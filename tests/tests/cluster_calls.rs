@@ -202,3 +202,86 @@ fn calls_cross_nodes_and_survive_the_queue_home_dying() {
         "the caller waited through the move: {cdr:#?}"
     );
 }
+
+/// Six queues served by agent 3001, each with a DID (`11N`) and a priority-10 DID (`12N`).
+fn fair_pick_config() -> String {
+    let mut extra = String::from(
+        "[[agents]]\nextensions = \"3001\"\npassword = \"pw{ext}\"\n\
+         queues = [\"q1\", \"q2\", \"q3\", \"q4\", \"q5\", \"q6\"]\navailable_on_register = true\n",
+    );
+    for n in 1..=6 {
+        extra.push_str(&format!(
+            "[[queue]]\nname = \"q{n}\"\n\
+             [[did]]\nnumber = \"110{n}\"\nqueue = \"q{n}\"\n\
+             [[did]]\nnumber = \"120{n}\"\nqueue = \"q{n}\"\npriority = 10\n"
+        ));
+    }
+    extra
+}
+
+#[test]
+fn a_freed_agent_takes_the_best_caller_across_queues_homed_on_different_nodes() {
+    let mut options = ClusterOptions::new(3);
+    options.node.agents = "2001".into();
+    options.node.extra = fair_pick_config();
+    let mut cluster = Cluster::with("fair-pick", options);
+    cluster.wait_leader(Duration::from_secs(20));
+    // support, q1-q6, agents 2001 and 3001.
+    let placed = agreed_placement(&cluster, &[1, 2, 3], 9);
+    let home = |n: u32| placed[&format!("queue/q{n}")].node;
+    let (a, b) = (1..=6)
+        .flat_map(|x| (1..=6).map(move |y| (x, y)))
+        .find(|&(x, y)| home(x) != home(y))
+        .expect("two of six queues on different nodes");
+    eprintln!(
+        "[test] queue q{a} on node {}, queue q{b} on node {}",
+        home(a),
+        home(b)
+    );
+    let node = cluster.node(1);
+    let wait_for = |queue: u32, waiting: u64| {
+        wait_json(
+            node,
+            &format!("/v1/queues/q{queue}"),
+            &format!("{waiting} waiting in q{queue}"),
+            |q| q["waiting"] == waiting,
+        )
+    };
+    // Nobody is logged in: X waits in q{a}, then Y in q{b}, then V in q{b} with priority 10.
+    let dial = |label: &str, did: String| {
+        node.sipp(label, "caller.xml")
+            .dial(&did)
+            .duration_ms(300)
+            .timeout_secs(60)
+            .spawn()
+    };
+    let x = dial("caller-x", format!("110{a}"));
+    wait_for(a, 1);
+    let y = dial("caller-y", format!("110{b}"));
+    wait_for(b, 1);
+    let v = dial("caller-v", format!("120{b}"));
+    wait_for(b, 2);
+
+    // The agent logs in: each time it frees up it takes the highest priority, then the
+    // longest waiting caller of all its queues, wherever they are homed.
+    let phone = node
+        .sipp("agent-3001", "agent_answer_wait_bye.xml")
+        .server()
+        .calls(3)
+        .duration_ms(200)
+        .timeout_secs(90)
+        .spawn();
+    node.register_agents(&["3001".to_owned()], phone.local_port);
+    for caller in [x, y, v] {
+        caller.expect_success_with(node);
+    }
+    phone.expect_success_with(node);
+    let mut cdrs = node.wait_cdrs(3, Duration::from_secs(10));
+    cdrs.sort_by_key(|c| c.answered_ms);
+    let order: Vec<&str> = cdrs.iter().map(|c| c.did.as_str()).collect();
+    assert_eq!(
+        order,
+        [format!("120{b}"), format!("110{a}"), format!("110{b}")],
+        "{cdrs:#?}"
+    );
+}
