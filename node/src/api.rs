@@ -516,6 +516,7 @@ mod tests {
             menu: String::new(),
             priority: 0,
             survey_score: None,
+            callback_of: None,
             failover: None,
         }
     }

@@ -54,8 +54,45 @@ pub struct Config {
     pub schedules: Vec<Schedule>,
     #[serde(default, rename = "number_list")]
     pub number_lists: Vec<NumberList>,
+    /// Carriers' SIP trunks, for the calls Switchyard places (callbacks).
+    #[serde(default, rename = "trunk")]
+    pub trunks: Vec<TrunkConfig>,
     /// Present when the node is part of a cluster; absent for a standalone node.
     pub cluster: Option<ClusterConfig>,
+}
+
+/// A carrier's SIP trunk: where calls to outside numbers go. No authentication yet (the
+/// carrier trusts the source address, as on a private interconnect).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// The carrier's SIP address: calls go to `sip:<number>@<address>`.
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub tcp: bool,
+    /// The calling number the carrier sees (From user); default the DID the caller dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_id: Option<String>,
+}
+
+/// A queue's offer to call waiting callers back: they press `key`, confirm their number, hang
+/// up and keep their place; when their turn comes an agent is connected first, then the
+/// customer is dialled through `trunk`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackPolicy {
+    pub key: char,
+    pub trunk: String,
+    /// Dialling attempts before the callback is given up.
+    #[serde(default = "default_callback_attempts")]
+    pub attempts: u32,
+    /// Wait between a failed attempt and the callback's next turn in the queue.
+    #[serde(default = "default_callback_retry")]
+    pub retry_after_secs: u64,
+    /// How long the customer's phone may ring.
+    #[serde(default = "default_callback_ring")]
+    pub ring_secs: u64,
 }
 
 /// How this node takes part in a cluster (Raft control plane over a QUIC mesh).
@@ -298,6 +335,9 @@ pub struct QueueConfig {
     /// When a joining caller goes to `overflow` at once rather than waiting.
     #[serde(default, skip_serializing_if = "Exits::is_empty")]
     pub exits: Exits,
+    /// Waiting callers may ask to be called back (see [`CallbackPolicy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackPolicy>,
     /// Tell waiting callers their position and estimated wait this often (at least 15 s);
     /// never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -547,6 +587,26 @@ impl Config {
                     q.name
                 ));
             }
+            if let Some(callback) = &q.callback {
+                if !"0123456789*#".contains(callback.key) {
+                    return invalid(format!(
+                        "queue {:?}: callback.key {:?} is not a phone key",
+                        q.name, callback.key
+                    ));
+                }
+                if !self.trunks.iter().any(|t| t.name == callback.trunk) {
+                    return invalid(format!(
+                        "queue {:?}: callback.trunk names unknown trunk {:?}",
+                        q.name, callback.trunk
+                    ));
+                }
+                if callback.attempts == 0 || callback.ring_secs == 0 {
+                    return invalid(format!(
+                        "queue {:?}: callback.attempts and callback.ring_secs must be > 0",
+                        q.name
+                    ));
+                }
+            }
             if let Some(flow) = &q.survey
                 && !self.flows.iter().any(|f| &f.name == flow)
             {
@@ -680,6 +740,10 @@ impl Config {
         }
     }
 
+    pub fn trunk(&self, name: &str) -> Option<&TrunkConfig> {
+        self.trunks.iter().find(|t| t.name == name)
+    }
+
     pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
         self.queues.iter().find(|q| q.name == name)
     }
@@ -746,6 +810,15 @@ fn default_music() -> PathBuf {
 }
 fn default_goodbye() -> PathBuf {
     PathBuf::from("../media/goodbye.wav")
+}
+fn default_callback_attempts() -> u32 {
+    3
+}
+fn default_callback_retry() -> u64 {
+    60
+}
+fn default_callback_ring() -> u64 {
+    30
 }
 fn default_prompts_dir() -> PathBuf {
     PathBuf::from("../prompts")

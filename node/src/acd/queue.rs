@@ -1256,6 +1256,7 @@ mod tests {
             record: false,
             service_level_secs: 20,
             announce_every_secs: None,
+            callback: None,
             exits: Exits::default(),
             survey: None,
         }

@@ -17,7 +17,7 @@ use super::replica::MediaTarget;
 use super::{CallMsg, CallReplica};
 use crate::acd::{AgentMsg, QueueMsg};
 use crate::cdr::RtpStats;
-use crate::config::DidConfig;
+use crate::config::{CallbackPolicy, DidConfig, TrunkConfig};
 use crate::node::NodeContext;
 use crate::remote::CallAddr;
 use crate::sip::endpoint::Command;
@@ -355,6 +355,17 @@ impl CallEnv for NodeEnv<'_> {
 
     fn queue_exists(&self, queue: &str) -> bool {
         self.ctx.queues.get(&queue.to_owned()).is_some()
+    }
+
+    fn callback_policy(&self, queue: &str) -> Option<CallbackPolicy> {
+        self.ctx
+            .config
+            .queue(queue)
+            .and_then(|q| q.callback.clone())
+    }
+
+    fn trunk(&self, name: &str) -> Option<TrunkConfig> {
+        self.ctx.config.trunk(name).cloned()
     }
 
     fn survey_flow(&self, queue: &str) -> Option<String> {

@@ -138,6 +138,8 @@ pub struct Hold {
 /// One call as its standby keeps it.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct CallReplica {
+    /// The call's identity (its first record's id).
+    pub id: String,
     /// The node holding the call when the copy was made.
     pub owner: NodeId,
     /// Raised with every copy, so that a copy overtaken on the way never replaces a newer one.
@@ -152,11 +154,12 @@ pub struct CallReplica {
     pub agent: Option<AgentLegReplica>,
     pub hold: Option<Hold>,
     pub flow: Option<switchyard_flows::FlowRun>,
+    pub callback: Option<super::core::Callback>,
     pub record: CallRecord,
 }
 
 impl CallReplica {
     pub fn call_id(&self) -> &str {
-        &self.record.id
+        &self.id
     }
 }

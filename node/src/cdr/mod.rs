@@ -34,6 +34,9 @@ pub enum Disposition {
     Closed,
     /// An IVR flow hung up for another reason (a blocked caller, a message-only line).
     HungUp,
+    /// The caller asked to be called back and hung up keeping its place; the callback's own
+    /// record names this one in `callback_of`.
+    CallbackRequested,
 }
 
 /// Which side ended the call.
@@ -147,6 +150,9 @@ pub struct CallRecord {
     /// Priority in the queue (from the DID or the flow); higher is served first.
     #[serde(default)]
     pub priority: u8,
+    /// The record of the call that asked for this callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_of: Option<String>,
     /// The key (1-5) the caller pressed in the queue's survey after the agent hung up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub survey_score: Option<u8>,

@@ -291,6 +291,7 @@ mod tests {
             menu: String::new(),
             priority: 0,
             survey_score: None,
+            callback_of: None,
             failover: None,
         }
     }

@@ -189,11 +189,22 @@ impl CallCore {
                 self.finish(env, HangupBy::Caller, Disposition::Abandoned);
             }
             Phase::Goodbye => self.finish(env, HangupBy::Caller, Disposition::Overflowed),
-            Phase::HandedOver | Phase::Done => {}
+            // The customer of a callback is still being dialled: no dialog to end yet.
+            Phase::HandedOver | Phase::Done | Phase::Dialling => {}
         }
     }
 
     fn on_agent_bye(&mut self, env: &mut dyn CallEnv) {
+        if self.phase == Phase::Dialling {
+            // The agent gave up on a callback still ringing the customer.
+            self.emit(Effect::Cancel {
+                invite_branch: self.caller.branch.clone(),
+            });
+            if let Some(agent) = self.agent_mut() {
+                agent.dialog = None;
+            }
+            return self.callback_attempt_failed(env);
+        }
         if self.phase != Phase::Connected {
             return;
         }
@@ -276,7 +287,10 @@ impl CallCore {
                     self.record.dtmf.push(digit);
                 }
                 self.flow_event(env, FlowEvent::Digit(digit));
+                self.callback_digit(env, digit);
             }
+            MediaEvent::PlaybackFinished { endpoint }
+                if caller_ep == Some(endpoint) && self.callback_prompt_finished(env) => {}
             // An announcement ended: music again.
             MediaEvent::PlaybackFinished { endpoint }
                 if caller_ep == Some(endpoint)
@@ -424,5 +438,6 @@ fn disposition_label(d: Disposition) -> &'static str {
         Disposition::Failed => "failed",
         Disposition::Closed => "closed",
         Disposition::HungUp => "hung-up",
+        Disposition::CallbackRequested => "callback-requested",
     }
 }

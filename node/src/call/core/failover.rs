@@ -115,6 +115,7 @@ impl CallCore {
             menu: String::new(),
             priority: 0,
             survey_score: None,
+            callback_of: None,
             failover: None,
         };
         let caller = Leg {
@@ -135,6 +136,7 @@ impl CallCore {
             sdp: String::new(),
         };
         Self {
+            id: record.id.clone(),
             phase: Phase::Routing,
             caller,
             legs: Vec::new(),
@@ -142,6 +144,7 @@ impl CallCore {
             priority: 0,
             flow: None,
             preferred: None,
+            callback: None,
             record,
             hold: None,
             invited_at: env.instant(),
@@ -239,6 +242,7 @@ impl CallCore {
             ReplicaPhase::Connected => Phase::Connected,
         };
         Ok(Self {
+            id: replica.id,
             phase,
             caller,
             legs: call_legs,
@@ -247,6 +251,7 @@ impl CallCore {
             flow: replica.flow,
             // A taken-over caller queues again without its preferred agent's window.
             preferred: None,
+            callback: replica.callback,
             record,
             hold: replica.hold,
             invited_at: env.instant(),
@@ -283,7 +288,7 @@ impl CallCore {
     /// Sends the standbys a copy if anything they need changed since the last one.
     pub(super) fn copy_to_standbys(&mut self, env: &mut dyn CallEnv) {
         self.replication.pending = false;
-        let Some(standbys) = env.standbys(&self.record.id) else {
+        let Some(standbys) = env.standbys(&self.id) else {
             return;
         };
         let Some(replica_phase) = self.replica_phase() else {
@@ -345,6 +350,9 @@ impl CallCore {
         self.record.queue.hash(&mut h);
         self.hold.hash(&mut h);
         self.priority.hash(&mut h);
+        if let Some(callback) = &self.callback {
+            (callback.stage as u8, callback.attempt).hash(&mut h);
+        }
         if let Some(run) = &self.flow {
             // Where the caller is and what it chose; prompt and timer tokens need no copy.
             (&run.step, &run.menu_digits, run.no_input, run.bad_input).hash(&mut h);
@@ -404,6 +412,7 @@ impl CallCore {
             _ => None,
         };
         Some(CallReplica {
+            id: self.id.clone(),
             owner: env.node_id(),
             version: self.replication.version,
             standbys: self.replication.standbys.clone(),
@@ -414,12 +423,23 @@ impl CallCore {
             agent,
             hold: self.hold,
             flow: self.flow.clone(),
+            callback: self.callback.clone(),
             record: self.record.clone(),
         })
     }
 
     /// Continues a call taken over from its copy (see the module docs).
     pub(super) fn resume(&mut self, env: &mut dyn CallEnv) {
+        if self.is_callback() {
+            // No caller on the line: only the place in the queue continues.
+            tracing::info!(call = %self.id, "taking a callback over");
+            self.resuming = None;
+            if let Some(queue) = self.record.queue.clone() {
+                let since = self.record.queued_ms.unwrap_or(self.record.arrived_ms);
+                self.enqueue(env, queue, since);
+            }
+            return;
+        }
         tracing::info!(call = %self.record.id, phase = self.phase.label(),
             from_node = self.resuming.as_ref().map_or(0, |r| r.from_node), "taking the call over");
         let caller_ep = match env.allocate(None) {
@@ -728,7 +748,7 @@ impl CallCore {
         let Some(phase) = self.replica_phase() else {
             return;
         };
-        let Some(standbys) = env.standbys(&self.record.id) else {
+        let Some(standbys) = env.standbys(&self.id) else {
             return;
         };
         self.replication.standbys = standbys;

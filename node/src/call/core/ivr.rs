@@ -100,6 +100,10 @@ impl CallCore {
         let (Phase::Queued, Some(ep)) = (self.phase, self.caller.endpoint.map(|e| e.id)) else {
             return;
         };
+        if self.callback.is_some() {
+            // The callback dialogue has the line.
+            return;
+        }
         if self.record.queue.as_deref() != Some(queue) {
             return;
         }
@@ -133,8 +137,11 @@ impl CallCore {
             Some(event) => run.handle(&flows, &QueueView(env), now, event),
             None => run.resume(&flows, &QueueView(env), now),
         };
-        self.record.menu.clone_from(&run.menu_digits);
-        self.priority = run.priority;
+        // A survey (after the answer) is a run of its own: the menu keys stay those taken before.
+        if self.record.answered_ms.is_none() {
+            self.record.menu.clone_from(&run.menu_digits);
+            self.priority = run.priority;
+        }
         for command in commands {
             self.flow_command(env, command);
             if self.phase != Phase::Ivr {

@@ -20,6 +20,7 @@
 //! §9.1) stays as a [`LegState::Cancelled`] leg until its final response, so a late 200 is
 //! ACKed and hung up rather than leaving the agent's phone off-hook.
 
+mod callback;
 mod dialogs;
 mod failover;
 mod hold;
@@ -41,6 +42,7 @@ use switchyard_routing::PreferredAgent;
 use switchyard_sip::rsip::{self, Request, Response};
 use switchyard_sip::transaction::{Peer, TransactionId, Transport};
 
+pub use callback::Callback;
 pub use failover::CallSettings;
 pub use leg::{Leg, LegState, Role};
 
@@ -49,7 +51,7 @@ use super::replica::MediaTarget;
 use super::{CallReplica, CallSnapshot, MonitorSnapshot};
 use crate::acd::OfferOutcome;
 use crate::cdr::{CallRecord, RtpStats};
-use crate::config::{DidConfig, Overflow};
+use crate::config::{CallbackPolicy, DidConfig, Overflow, TrunkConfig};
 
 /// Payload type we offer for RFC 4733 telephone-events towards agents.
 const TELEPHONE_EVENT_PT: u8 = 101;
@@ -77,6 +79,9 @@ pub trait CallEnv {
     fn estimated_wait_secs(&self, queue: &str) -> u64;
     /// Whether queue `queue` exists anywhere in the cluster.
     fn queue_exists(&self, queue: &str) -> bool;
+    /// The queue's callback offer, if it makes one.
+    fn callback_policy(&self, queue: &str) -> Option<CallbackPolicy>;
+    fn trunk(&self, name: &str) -> Option<TrunkConfig>;
     /// The flow a caller of `queue` enters when the agent hangs up first (a satisfaction
     /// survey), if the queue has one.
     fn survey_flow(&self, queue: &str) -> Option<String>;
@@ -203,6 +208,12 @@ pub enum Timer {
     Relinquish,
     /// The flow's timer with this token (no key pressed in time).
     Flow { token: u64 },
+    /// The caller did not confirm its callback number in time.
+    CallbackConfirm,
+    /// A callback waits this long between a failed attempt and its next turn.
+    CallbackRetry,
+    /// The customer's phone rang too long (attempt number).
+    CallbackRing { attempt: u32 },
 }
 
 /// What the queue hears from the call.
@@ -292,6 +303,8 @@ pub enum Phase {
     Queued,
     /// An agent's phone is ringing.
     Offering,
+    /// A callback: the agent answered and the customer's phone is ringing.
+    Dialling,
     Connected,
     /// Playing the goodbye prompt before refusing the call.
     Goodbye,
@@ -305,6 +318,7 @@ impl Phase {
     pub fn label(self) -> &'static str {
         match self {
             Phase::Routing => "routing",
+            Phase::Dialling => "dialling",
             Phase::Ivr => "ivr",
             Phase::Queued => "queued",
             Phase::Offering => "offering",
@@ -318,6 +332,9 @@ impl Phase {
 
 /// One call, as plain data.
 pub struct CallCore {
+    /// The call's identity (directories, queues, copies): its first record's id. A callback
+    /// keeps it while writing records of its own.
+    id: String,
     phase: Phase,
     caller: Leg,
     /// Legs the call created: agents rung, the supervisor, cancelled legs still pending.
@@ -329,6 +346,8 @@ pub struct CallCore {
     flow: Option<FlowRun>,
     /// The agent the flow asked for ("account manager first"), kept across overflows.
     preferred: Option<PreferredAgent>,
+    /// A callback asked for, or being carried out (see `callback`).
+    callback: Option<callback::Callback>,
     record: CallRecord,
     /// The hold in progress, if any.
     hold: Option<super::replica::Hold>,
@@ -344,7 +363,7 @@ pub struct CallCore {
 
 impl CallCore {
     pub fn id(&self) -> &str {
-        &self.record.id
+        &self.id
     }
 
     /// Over, with no cancelled leg left to wait for: the actor stops.
@@ -428,16 +447,23 @@ impl CallCore {
             Timer::CopyToStandbys => self.copy_to_standbys(env),
             Timer::Relinquish => self.relinquish(env),
             Timer::Flow { token } => self.flow_event(env, FlowEvent::Timer(token)),
+            Timer::CallbackConfirm => self.callback_not_confirmed(env),
+            Timer::CallbackRetry => self.callback_retry(env),
+            Timer::CallbackRing { attempt } => self.customer_ring_timeout(env, attempt),
         }
     }
 
     /// The live call as the API shows it.
     pub fn snapshot(&self) -> CallSnapshot {
         CallSnapshot {
-            id: self.record.id.clone(),
+            id: self.id.clone(),
             caller: self.record.caller.clone(),
             did: self.record.did.clone(),
-            state: self.phase.label(),
+            state: if self.is_callback() && self.phase == Phase::Queued {
+                "callback"
+            } else {
+                self.phase.label()
+            },
             queue: self.record.queue.clone(),
             agent: self.record.agent.clone(),
             arrived_ms: self.record.arrived_ms,

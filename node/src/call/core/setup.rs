@@ -222,7 +222,7 @@ impl CallCore {
     }
 
     /// Reports the outcome of agent leg `leg`'s offer.
-    fn report_leg(&mut self, env: &dyn CallEnv, leg: &Leg, outcome: OfferOutcome) {
+    pub(super) fn report_leg(&mut self, env: &dyn CallEnv, leg: &Leg, outcome: OfferOutcome) {
         if let Role::Agent {
             agent_id,
             queue,
@@ -411,6 +411,9 @@ impl CallCore {
         if method != Method::Invite || code < 200 {
             return;
         }
+        if self.on_customer_response(env, &response, code) {
+            return;
+        }
         if let Some(i) = self
             .legs
             .iter()
@@ -452,6 +455,9 @@ impl CallCore {
         let Some(mut leg) = self.take_agent() else {
             return;
         };
+        if self.is_callback() {
+            return self.callback_agent_answered(env, leg, &response);
+        }
         let dialog = match Dialog::new_uac(&leg.invite, &response) {
             Ok(d) => d,
             Err(e) => {
@@ -548,6 +554,11 @@ impl CallCore {
             return;
         }
         tracing::info!(call = %self.record.id, %queue, ?action, "caller overflowed");
+        if self.is_callback() {
+            // A callback keeps its place until it is carried out or given up.
+            let since = self.record.queued_ms.unwrap_or_else(|| env.now_ms());
+            return self.enqueue(env, queue, since);
+        }
         match action {
             Overflow::Queue { queue: target } => {
                 let since = self.record.queued_ms.unwrap_or_else(|| env.now_ms());

@@ -16,7 +16,7 @@ use switchyard_sip::transaction::{
 };
 
 use super::super::MonitorMode;
-use super::super::legs::Local;
+use super::super::legs::{self, Local};
 use super::super::replica::{MediaTarget, ReplicaPhase};
 use super::*;
 use crate::acd::OfferOutcome;
@@ -26,6 +26,7 @@ const NODE: &str = "127.0.0.1:5060";
 const CALLER: &str = "127.0.0.1:5070";
 const AGENT: &str = "127.0.0.1:5080";
 const SUPERVISOR: &str = "127.0.0.1:5090";
+const TRUNK: &str = "127.0.0.1:5099";
 
 /// DID 10086: VIPs get priority 10; a menu (1 sales, 2 support) with a 5 s timeout; 0 goes to
 /// a line closed by its schedule's override.
@@ -204,6 +205,23 @@ impl CallEnv for FakeNode {
     }
     fn survey_flow(&self, queue: &str) -> Option<String> {
         self.survey.clone().filter(|_| queue == "support")
+    }
+    fn callback_policy(&self, queue: &str) -> Option<crate::config::CallbackPolicy> {
+        (queue == "support").then(|| crate::config::CallbackPolicy {
+            key: '9',
+            trunk: "carrier".into(),
+            attempts: 2,
+            retry_after_secs: 60,
+            ring_secs: 30,
+        })
+    }
+    fn trunk(&self, name: &str) -> Option<crate::config::TrunkConfig> {
+        (name == "carrier").then(|| crate::config::TrunkConfig {
+            name: "carrier".into(),
+            address: TRUNK.parse().expect("addr"),
+            tcp: false,
+            caller_id: Some("10086".into()),
+        })
     }
     fn queue_records(&self, queue: &str) -> bool {
         self.recorded_queues.iter().any(|q| q == queue)
@@ -1869,4 +1887,181 @@ fn overflow_to_a_flow_plays_it_to_the_waiting_caller() {
     );
     assert_eq!(call.phase, Phase::Ivr);
     assert_eq!(prompts_played(&env.took()), names(&["en/survey"]));
+}
+
+fn key(call: &mut CallCore, env: &mut FakeNode, digit: char) {
+    let endpoint = caller_ep(call);
+    call.handle(env, Input::Media(MediaEvent::Dtmf { endpoint, digit }));
+}
+
+fn prompt_ends(call: &mut CallCore, env: &mut FakeNode) {
+    let endpoint = call.caller.endpoint.expect("endpoint").id;
+    call.handle(env, Input::Media(MediaEvent::PlaybackFinished { endpoint }));
+}
+
+/// A caller of queue support that pressed 9 and confirmed with 1: a booked callback.
+fn booked_callback(env: &mut FakeNode) -> (CallCore, CallRecord) {
+    let mut call = started_call(env, "1000");
+    call.take_effects();
+    env.took();
+    key(&mut call, env, '9');
+    let played = prompts_played(&env.took());
+    assert_eq!(played.len(), 1);
+    assert_eq!(
+        played[0].first().map(String::as_str),
+        Some("en/callback-confirm-before")
+    );
+    assert_eq!(played[0].len(), 13, "before, 11 digits, after: {played:?}");
+    key(&mut call, env, '1');
+    assert_eq!(
+        prompts_played(&env.took()),
+        names(&["en/callback-confirmed"])
+    );
+    prompt_ends(&mut call, env);
+    let effects = call.take_effects();
+    assert_eq!(responses(&effects), [480]);
+    assert!(
+        queue_notes(&effects).is_empty(),
+        "it keeps its place in the queue"
+    );
+    let asked = record_of(&effects).expect("the caller's record");
+    assert_eq!(asked.disposition, Disposition::CallbackRequested);
+    assert_eq!(call.snapshot().state, "callback");
+    (call, asked)
+}
+
+#[test]
+fn a_confirmed_callback_keeps_its_place_and_connects_agent_then_customer() {
+    let mut env = FakeNode::new();
+    let (mut call, asked) = booked_callback(&mut env);
+    call.handle(&mut env, offer("2001"));
+    let effects = call.take_effects();
+    let (invite, _) = sent(&effects, Method::Invite).remove(0);
+    call.handle(
+        &mut env,
+        Input::Response(phone_answer(&invite, 200, AGENT, 6000)),
+    );
+    let effects = call.take_effects();
+    assert_eq!(call.phase, Phase::Dialling);
+    assert_eq!(
+        queue_notes(&effects),
+        [QueueNote::OfferOutcome {
+            agent_id: "2001".into(),
+            outcome: OfferOutcome::Answered
+        }]
+    );
+    let (dial, to) = sent(&effects, Method::Invite).remove(0);
+    assert_eq!(dial.uri.to_string(), format!("sip:13900000001@{TRUNK}"));
+    assert_eq!(to.addr, TRUNK.parse::<SocketAddr>().expect("addr"));
+    let from = dial.from_uri().expect("From");
+    assert_eq!(legs::uri_user(&from), "10086", "the trunk's calling number");
+    call.handle(
+        &mut env,
+        Input::Response(phone_answer(&dial, 200, TRUNK, 7000)),
+    );
+    let effects = call.take_effects();
+    assert_eq!(
+        sent(&effects, Method::Ack).len(),
+        0,
+        "ACKs go as Effect::Ack"
+    );
+    assert!(effects.iter().any(|e| matches!(e, Effect::Ack { .. })));
+    assert!(prompts_played(&env.took()).contains(&vec!["en/callback-greeting".to_owned()]));
+    prompt_ends(&mut call, &mut env);
+    assert_eq!(call.phase, Phase::Connected);
+    assert!(
+        env.took()
+            .iter()
+            .any(|op| matches!(op, MediaOp::Bridge(..)))
+    );
+    let bye = in_dialog(Method::Bye, &call.caller, 2, "");
+    call.handle(&mut env, request_input(bye, TRUNK));
+    let record = record_of(&call.take_effects()).expect("the callback's record");
+    assert_eq!(record.callback_of.as_deref(), Some(asked.id.as_str()));
+    assert_ne!(record.id, asked.id);
+    assert_eq!(record.disposition, Disposition::Answered);
+    assert_eq!(record.agent.as_deref(), Some("2001"));
+    assert_eq!(
+        record.queued_ms, asked.queued_ms,
+        "waited since the first entry"
+    );
+}
+
+#[test]
+fn an_unanswered_callback_frees_the_agent_and_queues_again_in_its_first_place() {
+    let mut env = FakeNode::new();
+    let (mut call, _) = booked_callback(&mut env);
+    for attempt in 1..=2 {
+        call.handle(&mut env, offer("2001"));
+        let (invite, _) = sent(&call.take_effects(), Method::Invite).remove(0);
+        call.handle(
+            &mut env,
+            Input::Response(phone_answer(&invite, 200, AGENT, 6000)),
+        );
+        let (dial, _) = sent(&call.take_effects(), Method::Invite).remove(0);
+        call.handle(
+            &mut env,
+            Input::Response(phone_answer(&dial, 486, TRUNK, 0)),
+        );
+        let effects = call.take_effects();
+        assert_eq!(sent(&effects, Method::Bye).len(), 1, "the agent is hung up");
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::AgentFree { .. }))
+        );
+        if attempt == 2 {
+            let record = record_of(&effects).expect("given up");
+            assert_eq!(record.disposition, Disposition::Failed);
+            return;
+        }
+        assert_eq!(timers(&effects), [Timer::CallbackRetry]);
+        call.handle(&mut env, Input::Timer(Timer::CallbackRetry));
+        assert_eq!(
+            queue_notes(&call.take_effects()),
+            [QueueNote::Enqueue {
+                priority: 3,
+                since_ms: 1_000_000,
+                preferred: None,
+            }]
+        );
+    }
+}
+
+#[test]
+fn a_waiting_callback_is_taken_over_without_media_and_queues_in_its_place() {
+    let mut owner = FakeNode::clustered(&[2]);
+    let (call, _) = booked_callback(&mut owner);
+    let replica = copy_of(&call, &owner, ReplicaPhase::Queued);
+    let mut env = FakeNode::clustered(&[3]);
+    let mut standby = CallCore::from_replica(&env, settings(true), replica).expect("restored");
+    standby.handle(&mut env, Input::Start);
+    let effects = standby.take_effects();
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Adopt { .. })));
+    assert!(env.took().is_empty(), "no media for a callback");
+    assert_eq!(
+        queue_notes(&effects),
+        [QueueNote::Enqueue {
+            priority: 3,
+            since_ms: 1_000_000,
+            preferred: None,
+        }]
+    );
+    assert_eq!(standby.id(), call.id());
+}
+
+#[test]
+fn pressing_2_or_nothing_keeps_the_caller_waiting() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "1000");
+    call.take_effects();
+    let ep = caller_ep(&call);
+    key(&mut call, &mut env, '9');
+    key(&mut call, &mut env, '2');
+    assert!(env.took().contains(&MediaOp::Play(ep, Sound::MusicOnHold)));
+    key(&mut call, &mut env, '9');
+    call.handle(&mut env, Input::Timer(Timer::CallbackConfirm));
+    assert!(env.took().contains(&MediaOp::Play(ep, Sound::MusicOnHold)));
+    assert!(call.callback.is_none());
+    assert_eq!(call.phase, Phase::Queued);
 }
