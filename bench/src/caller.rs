@@ -1,5 +1,7 @@
 //! Simulated callers (UAC): arrivals, INVITE with an SDP offer, early media (music on hold),
 //! optional DTMF, patience (CANCEL), talk, BYE, and re-INVITEs from a node taking over.
+//! Hotline callers ([`crate::hotline`]) press a menu key in early media, and a survey key once
+//! the agent has hung up on them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +20,7 @@ use switchyard_sip::transaction::{TransactionId, TuEvent, new_branch};
 
 use crate::arrivals::Arrivals;
 use crate::dist::Dist;
+use crate::hotline::{self, Choice, Rules};
 use crate::media::{MediaEngine, Remote};
 use crate::stats::{CallRecord, Outcome, Recorder, Side as Party};
 use crate::ua::{CallBook, Control, Ctx, Plan, Side, dialog_target, udp, via};
@@ -27,6 +30,13 @@ const TARGET_HOLD_DOWN: Duration = Duration::from_secs(10);
 /// An agent who should hang up but has not, this long after the planned talk time: the
 /// caller ends the call itself and counts it dropped.
 const BYE_GRACE: Duration = Duration::from_secs(15);
+/// A surveyed caller's BYE comes after the survey (prompt, key, thanks): this much longer.
+const SURVEY_GRACE: Duration = Duration::from_secs(30);
+/// Hotline patience counts from the queue entry plus this, so that nobody gives up in the menu
+/// because of a late key or an estimate of the silent callers' route a little short.
+const QUEUE_MARGIN: Duration = Duration::from_millis(500);
+/// Length of a hotline key press (real time, as RFC 4733 receivers expect).
+const KEY_TONE: Duration = Duration::from_millis(100);
 /// Payload type offered for telephone-events.
 const TELEPHONE_EVENT_PT: u8 = 101;
 
@@ -34,8 +44,8 @@ pub struct CallerConfig {
     pub targets: Vec<SocketAddr>,
     /// Loopback self-test: call these agent extensions directly (targets = the agent socket).
     pub loopback_extensions: Option<Vec<String>>,
-    /// (number, queue) and their weights.
-    pub dids: Vec<(String, String)>,
+    /// (number, queue) and their weights; no queue: the hotline's flow.
+    pub dids: Vec<(String, Option<String>)>,
     pub weights: Vec<f64>,
     pub talk: Dist,
     pub patience: Option<Dist>,
@@ -48,6 +58,7 @@ pub struct CallerConfig {
     pub reroute_on_no_response: bool,
     pub max_concurrent: usize,
     pub media_ip: IpAddr,
+    pub hotline: Option<Rules>,
     /// Unique per run: Call-IDs and caller users carry it, so the node's records of this run
     /// can be told apart from earlier ones.
     pub run_tag: String,
@@ -61,6 +72,8 @@ pub enum Timer {
     Talk(u64),
     AwaitBye(u64),
     Dtmf(u64),
+    MenuKey(u64),
+    SurveyKey(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +125,16 @@ struct Call {
     outcome: Option<Outcome>,
     hangup_by: Option<Party>,
     dtmf_sent: bool,
+    /// When the call joined its queue (its wait starts there): early media for a DID with a
+    /// queue, the menu key (or the menu's timeouts) for the hotline.
+    queue_entry: Option<Instant>,
+    /// Counted in `queued`.
+    queued: bool,
+    /// Drawn at arrival; hotline patience starts at the queue entry.
+    patience: Option<Duration>,
+    hotline: Option<Choice>,
+    /// Ended by the harness (end of run), not as planned.
+    cut_short: bool,
 }
 
 pub struct Callers {
@@ -214,18 +237,32 @@ impl Callers {
             Some(exts) if !exts.is_empty() => exts[(serial as usize - 1) % exts.len()].clone(),
             _ => self.cfg.dids[did].0.clone(),
         };
-        let user = format!("{}-{serial}", self.cfg.run_tag);
-        let call_id = format!("{user}@switchyard-bench");
+        let tag = format!("{}-{serial}", self.cfg.run_tag);
+        let call_id = format!("{tag}@switchyard-bench");
+        let choice = match (&mut self.cfg.hotline, &self.cfg.dids[did].1) {
+            (Some(rules), None) => Some(rules.choose(&mut self.rng, serial)),
+            _ => None,
+        };
+        // A hotline caller is its phone number (VIP or not); the agents find the plan by it.
+        let user = choice.as_ref().map_or(tag, |c| c.number.clone());
         let plan = Plan {
             talk: self.cfg.talk.sample(&mut self.rng),
-            agent_hangs_up: self.rng.random::<f64>() < self.cfg.agent_hangs_up,
+            agent_hangs_up: match &choice {
+                Some(c) => c.agent_hangs_up,
+                None => self.rng.random::<f64>() < self.cfg.agent_hangs_up,
+            },
         };
         let patience = self.cfg.patience.map(|p| p.sample(&mut self.rng));
 
-        let (leg, media_port) = match &self.media {
-            Some(m) => match m.add_leg(self.cfg.media_ip, Party::Caller) {
+        let added = self
+            .media
+            .as_ref()
+            .map(|m| m.add_leg(self.cfg.media_ip, Party::Caller));
+        let (leg, media_port) = match added {
+            Some(added) => match added {
                 Ok((id, addr)) => (Some(id), addr.port()),
                 Err(_) => {
+                    self.release(choice.as_ref());
                     self.record(|r| {
                         r.offered(step);
                         r.finished(&failed_record(
@@ -259,6 +296,7 @@ impl Callers {
             direction: Direction::SendRecv,
         });
         let Some(invite) = build_invite(ctx.local, target, &number, &user, &call_id, offer) else {
+            self.release(choice.as_ref());
             self.record(|r| {
                 r.offered(step);
                 r.finished(&failed_record(
@@ -273,6 +311,7 @@ impl Callers {
         let txn = match ctx.layer.send_request(ctx.now, invite.clone(), udp(target)) {
             Ok(txn) => txn,
             Err(_) => {
+                self.release(choice.as_ref());
                 self.record(|r| {
                     r.offered(step);
                     r.finished(&failed_record(
@@ -288,6 +327,7 @@ impl Callers {
             }
         };
         self.book.plan(&user, plan);
+        let hotline = choice.is_some();
         self.by_txn.insert(txn, Purpose::Invite(serial));
         self.by_call_id.insert(call_id.clone(), serial);
         self.calls.insert(
@@ -321,13 +361,27 @@ impl Callers {
                 outcome: None,
                 hangup_by: None,
                 dtmf_sent: false,
+                queue_entry: None,
+                queued: false,
+                patience,
+                cut_short: false,
+                hotline: choice,
             },
         );
         self.active.fetch_add(1, Ordering::Relaxed);
         self.record(|r| r.offered(step));
         ctx.after(self.cfg.invite_timeout, Timer::InviteTimeout(serial));
-        if let Some(p) = patience {
+        if let Some(p) = patience
+            && !hotline
+        {
             ctx.after(p, Timer::Patience(serial));
+        }
+    }
+
+    /// Frees a hotline caller's number.
+    fn release(&mut self, choice: Option<&Choice>) {
+        if let (Some(rules), Some(c)) = (self.cfg.hotline.as_mut(), choice) {
+            rules.release(c);
         }
     }
 
@@ -335,6 +389,8 @@ impl Callers {
         let code = response.status_code.code();
         let codecs = self.cfg.codecs.clone();
         let dtmf_after = self.cfg.dtmf.as_ref().map(|d| d.1);
+        let no_key_after = self.cfg.hotline.as_ref().map(|h| h.no_key_after);
+        let survey_after = self.cfg.hotline.as_ref().map(|h| h.survey_key_after);
         let media = self.media.clone();
         let Some(call) = self.calls.get_mut(&serial) else {
             return;
@@ -351,13 +407,33 @@ impl Callers {
                 call.early_at = Some(ctx.now);
                 call.first_response_ms = Some(elapsed_ms);
                 start_media(media.as_deref(), call, remote);
+                let queued = match (&call.hotline, no_key_after) {
+                    (Some(c), _) if c.key.is_some() => {
+                        ctx.after(c.key_after, Timer::MenuKey(serial));
+                        false
+                    }
+                    (Some(_), Some(route)) => {
+                        // The menu's timeouts queue a silent caller.
+                        let entry = ctx.now + route;
+                        call.queue_entry = Some(entry);
+                        if let Some(p) = call.patience {
+                            ctx.at(entry + QUEUE_MARGIN + p, Timer::Patience(serial));
+                        }
+                        false
+                    }
+                    _ => {
+                        call.queue_entry = Some(ctx.now);
+                        call.queued = true;
+                        if let Some(after) = dtmf_after {
+                            ctx.after(after, Timer::Dtmf(serial));
+                        }
+                        true
+                    }
+                };
                 self.record(|r| {
                     r.first_response(elapsed_ms);
-                    r.queued += 1;
+                    r.queued += u64::from(queued);
                 });
-                if let Some(after) = dtmf_after {
-                    ctx.after(after, Timer::Dtmf(serial));
-                }
             }
             return;
         }
@@ -396,7 +472,10 @@ impl Callers {
         let first_answer = call.answered_at.is_none();
         call.answered_at = Some(ctx.now);
         call.setup_ms = Some(elapsed_ms);
-        call.wait_ms = call.early_at.map(|e| ms(ctx.now - e));
+        call.wait_ms = call
+            .queue_entry
+            .or(call.early_at)
+            .map(|e| ms(ctx.now.saturating_duration_since(e)));
         if call.first_response_ms.is_none() {
             call.first_response_ms = Some(elapsed_ms);
         }
@@ -418,6 +497,9 @@ impl Callers {
             call.first_response_ms,
         );
         let early = call.early_at.is_some();
+        let count_queued = !call.queued;
+        call.queued = true;
+        let survey = call.hotline.as_ref().is_some_and(|c| c.survey);
         let plan = call.plan;
         if first_answer {
             self.record(|r| {
@@ -425,20 +507,28 @@ impl Callers {
                 if let Some(relay) = relay {
                     r.answer_relay(relay);
                 }
-                if !early {
-                    // Answered without a queued (183) response reaching us (lost under load,
-                    // or a node that answers at once): the call was still offered to a queue.
+                // Answered without a queued (183) response reaching us (lost under load, or a
+                // node that answers at once), or a silent hotline caller: the call was still
+                // offered to a queue.
+                if count_queued {
                     r.queued += 1;
-                    if let Some(f) = first {
-                        r.first_response(f);
-                    }
+                }
+                if !early && let Some(f) = first {
+                    r.first_response(f);
                 }
             });
         }
         if gave_up {
             self.hang_up(ctx, serial, None);
         } else if plan.agent_hangs_up {
-            ctx.after(plan.talk + BYE_GRACE, Timer::AwaitBye(serial));
+            let grace = match survey_after {
+                Some(after) if survey => {
+                    ctx.after(plan.talk + after, Timer::SurveyKey(serial));
+                    BYE_GRACE + SURVEY_GRACE
+                }
+                _ => BYE_GRACE,
+            };
+            ctx.after(plan.talk + grace, Timer::AwaitBye(serial));
         } else {
             ctx.after(plan.talk, Timer::Talk(serial));
         }
@@ -515,9 +605,12 @@ impl Callers {
         if call.outcome.is_none() {
             call.outcome = Some(outcome);
         }
-        if let Some(early) = call.early_at {
-            call.wait_ms = Some(ms(ctx.now - early));
+        if let Some(entry) = call.queue_entry.or(call.early_at) {
+            call.wait_ms = Some(ms(ctx.now.saturating_duration_since(entry)));
         }
+        // A silent hotline caller past the menu's timeouts gives up in the queue.
+        let newly_queued = !call.queued && call.queue_entry.is_some_and(|e| ctx.now >= e);
+        call.queued |= newly_queued;
         call.state = State::Cancelling;
         if let (Some(m), Some(leg)) = (&self.media, call.leg) {
             m.end_leg(leg);
@@ -525,6 +618,9 @@ impl Callers {
         // An error means the INVITE already completed: its final response is on the way.
         if let Ok(txn) = ctx.layer.cancel(ctx.now, call.invite_txn) {
             self.by_txn.insert(txn, Purpose::Cancel);
+        }
+        if newly_queued {
+            self.record(|r| r.queued += 1);
         }
     }
 
@@ -543,7 +639,31 @@ impl Callers {
             None if call.answered_at.is_some() => Outcome::Answered,
             None => Outcome::Failed("unfinished".into()),
         };
-        let (number, queue) = self.cfg.dids[call.did].clone();
+        let (number, did_queue) = self.cfg.dids[call.did].clone();
+        let queue = match &call.hotline {
+            Some(c) => c.queue.clone(),
+            None => did_queue.unwrap_or_default(),
+        };
+        if let Some(c) = &call.hotline {
+            self.release(Some(c));
+            // Only a call that reached its queue the way it planned, and ended there as
+            // planned, has a record that must say all of it.
+            let checked = !call.cut_short
+                && call.queued
+                && c.pressed == c.key
+                && matches!(outcome, Outcome::Answered | Outcome::Abandoned);
+            let expect = hotline::Expect {
+                call_id: call.call_id.clone(),
+                vip: c.priority > 0,
+                menu: c.pressed,
+                queue: c.queue.clone(),
+                priority: c.priority,
+                agent_hangs_up: c.agent_hangs_up,
+                survey: c.survey_key,
+                checked,
+            };
+            self.record(|r| r.hotline.push(expect));
+        }
         let record = CallRecord {
             n: call.serial,
             call_id: call.call_id,
@@ -683,6 +803,50 @@ impl Callers {
         let _ = ctx.layer.send_response(ctx.now, txn, response);
     }
 
+    /// Presses the hotline caller's menu key; the flow queues the call on it.
+    fn press_menu_key(&mut self, ctx: &mut Ctx<Timer>, serial: u64) {
+        let Some(call) = self.calls.get_mut(&serial) else {
+            return;
+        };
+        let key = match &call.hotline {
+            Some(c) if call.state == State::Inviting => c.key,
+            _ => None,
+        };
+        let (Some(key), Some(m), Some(leg), true) =
+            (key, &self.media, call.leg, call.media_started)
+        else {
+            return;
+        };
+        press(m, leg, key);
+        if let Some(c) = call.hotline.as_mut() {
+            c.pressed = Some(key);
+        }
+        call.queue_entry = Some(ctx.now);
+        call.queued = true;
+        if let Some(p) = call.patience {
+            ctx.after(QUEUE_MARGIN + p, Timer::Patience(serial));
+        }
+        self.record(|r| r.queued += 1);
+    }
+
+    /// Presses a score from 1 to 5: the agent has hung up and the survey prompt plays.
+    fn press_survey_key(&mut self, serial: u64) {
+        let score = self.rng.random_range(1..=5u8);
+        let Some(call) = self.calls.get_mut(&serial) else {
+            return;
+        };
+        if call.state != State::Talking {
+            return;
+        }
+        let (Some(m), Some(leg), true) = (&self.media, call.leg, call.media_started) else {
+            return;
+        };
+        press(m, leg, char::from(b'0' + score));
+        if let Some(c) = call.hotline.as_mut() {
+            c.survey_key = Some(score);
+        }
+    }
+
     fn send_dtmf(&mut self, serial: u64) {
         let Some((digits, _, tone, gap)) = self.cfg.dtmf.clone() else {
             return;
@@ -796,6 +960,8 @@ impl Side for Callers {
                 Some(Outcome::Dropped("no-bye-from-agent".into())),
             ),
             Timer::Dtmf(serial) => self.send_dtmf(serial),
+            Timer::MenuKey(serial) => self.press_menu_key(ctx, serial),
+            Timer::SurveyKey(serial) => self.press_survey_key(serial),
         }
     }
 
@@ -811,6 +977,9 @@ impl Side for Callers {
                 let serials: Vec<u64> = self.calls.keys().copied().collect();
                 let mut ended = 0;
                 for serial in serials {
+                    if let Some(call) = self.calls.get_mut(&serial) {
+                        call.cut_short = true;
+                    }
                     match self.calls.get(&serial).map(|c| c.state) {
                         Some(State::Inviting) => {
                             ended += 1;
@@ -830,6 +999,9 @@ impl Side for Callers {
                 self.next_arrival = None;
                 let serials: Vec<u64> = self.calls.keys().copied().collect();
                 for serial in serials {
+                    if let Some(call) = self.calls.get_mut(&serial) {
+                        call.cut_short = true;
+                    }
                     self.finish(ctx, serial);
                 }
             }
@@ -839,6 +1011,12 @@ impl Side for Callers {
     fn finished(&self) -> bool {
         self.arrivals_over && self.calls.is_empty()
     }
+}
+
+/// One key press on the caller's RTP stream.
+fn press(media: &MediaEngine, leg: u64, key: char) {
+    let mut text = [0; 4];
+    media.send_dtmf(leg, key.encode_utf8(&mut text), KEY_TONE, KEY_TONE);
 }
 
 fn ms(d: Duration) -> f64 {

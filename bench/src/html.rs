@@ -230,6 +230,64 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     t
 }
 
+/// The hotline calls by menu key, VIP and survey, as the harness made them and as the node
+/// recorded them, with the first calls the two see differently.
+fn hotline_section(h: &crate::report::Hotline) -> String {
+    let c = &h.harness;
+    let key = |m: &std::collections::BTreeMap<String, u64>, k: &str| {
+        m.get(k).copied().unwrap_or(0).to_string()
+    };
+    let mut keys: Vec<&String> = c.keys.keys().collect();
+    if let Some(n) = &h.node {
+        keys.extend(n.node_menu.keys());
+    }
+    keys.sort();
+    keys.dedup();
+    let mut rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                format!("menu key {}", esc(k)),
+                key(&c.keys, k),
+                h.node.as_ref().map_or("-".into(), |n| key(&n.node_menu, k)),
+            ]
+        })
+        .collect();
+    let surveys: u64 = c.survey_keys.values().sum();
+    rows.push(vec![
+        "VIP (priority)".into(),
+        c.vip.to_string(),
+        h.node
+            .as_ref()
+            .map_or("-".into(), |n| n.node_vip.to_string()),
+    ]);
+    rows.push(vec![
+        "survey key pressed".into(),
+        surveys.to_string(),
+        h.node
+            .as_ref()
+            .map_or("-".into(), |n| n.node_surveys.to_string()),
+    ]);
+    let mut out = format!(
+        "<h2>Hotline (flow {})</h2><p>{} calls; {} checked call by call against their records. \
+         Callbacks are not simulated (the node has none yet).</p>{}",
+        esc(&h.flow),
+        c.calls,
+        c.checked,
+        table(&["", "harness", "node records"], &rows)
+    );
+    if let Some(n) = &h.node
+        && !n.examples.is_empty()
+    {
+        out.push_str("<p class=bad>Calls seen differently:</p><ul>");
+        for e in &n.examples {
+            let _ = write!(out, "<li><code>{}</code></li>", esc(e));
+        }
+        out.push_str("</ul>");
+    }
+    out
+}
+
 fn f1(v: f64) -> String {
     format!("{v:.1}")
 }
@@ -509,6 +567,7 @@ pub fn render(s: &Summary, rows: &[IntervalRow], gaps: &[GapEvent]) -> String {
                 .collect::<Vec<_>>(),
         )
     };
+    let hotline = s.hotline.as_ref().map_or(String::new(), hotline_section);
     let steps = if s.steps.is_empty() {
         String::new()
     } else {
@@ -642,7 +701,7 @@ targets {targets}. Arrivals for {arr:.0} s, {wall:.0} s in all{interrupted}.</p>
 <h2>Pass criteria</h2>{pass}
 <h2>Overview</h2>{overview}
 <h2>Harness and cluster, side by side</h2>{cross}
-<h2>Latency</h2>{latency}
+{hotline}<h2>Latency</h2>{latency}
 <h2>Media</h2>{media}
 <h2>Failures by cause</h2>{causes}
 {steps}{hooks}

@@ -6,7 +6,8 @@
 //! harness's, watch the harness's own load, and write a JSON summary, a per-interval CSV and
 //! an HTML report. See `bench/scenarios/README.md` and `docs/adr/0011-bench-harness.md`.
 //!
-//! - [`scenario`], [`dist`], [`duration`], [`arrivals`]: what to run.
+//! - [`scenario`], [`dist`], [`duration`], [`arrivals`]: what to run; [`hotline`]: callers in
+//!   an IVR flow (menu keys, VIP numbers, surveys) and their check against the call records.
 //! - [`ua`] (the SIP loop over `switchyard-sip`'s transaction layer), [`caller`], [`agent`],
 //!   [`auth`]: the simulated parties.
 //! - [`media`], [`rtpstats`], [`sys`]: RTP on one timer-wheel thread, RFC 3550 statistics.
@@ -21,6 +22,7 @@ pub mod caller;
 pub mod dist;
 pub mod duration;
 pub mod hooks;
+pub mod hotline;
 pub mod html;
 pub mod http;
 pub mod media;

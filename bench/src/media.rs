@@ -40,6 +40,10 @@ pub const LATE_TICK: Duration = Duration::from_millis(5);
 const FRAME: usize = rtp::FRAME_SAMPLES as usize;
 /// RFC 4733 end packets are sent three times (§2.5.1.4).
 const END_REPEATS: u8 = 3;
+/// RFC 4733 volume field: -10 dBm0, a typical key press.
+const EVENT_VOLUME: u8 = 10;
+/// RFC 4733 payload: event, E/R/volume, 16-bit duration.
+const EVENT_LEN: usize = 4;
 
 /// Where a leg sends, once the far end's SDP is known.
 #[derive(Debug, Clone, Copy)]
@@ -446,33 +450,26 @@ impl Wheel {
     }
 
     fn send_one(leg: &mut Leg, remote: Remote, frame: &[u8; FRAME], counters: &MediaCounters) {
-        let (len, payload_type, timestamp, marker) =
-            match (remote.telephone_event_pt, leg.dtmf.next_packet()) {
-                (Some(te), Some(event)) => {
-                    let p = &mut leg.packet[HEADER_LEN..HEADER_LEN + 4];
-                    p[0] = event.code;
-                    // E bit, reserved 0, volume 10 (-10 dBm0).
-                    p[1] = if event.end { 0x80 } else { 0 } | 10;
-                    p[2..4].copy_from_slice(&event.duration.to_be_bytes());
-                    let ts = leg.timestamp.wrapping_sub(event.elapsed);
-                    (HEADER_LEN + 4, te, ts, event.start)
-                }
-                _ => {
-                    leg.packet[HEADER_LEN..].copy_from_slice(frame);
-                    (
-                        HEADER_LEN + FRAME,
-                        remote.payload_type,
-                        leg.timestamp,
-                        leg.first,
-                    )
-                }
-            };
-        let stamp = Stamp {
-            seq: leg.seq,
-            timestamp,
-            marker,
+        let len = match (remote.telephone_event_pt, leg.dtmf.next_packet()) {
+            (Some(te), Some(event)) => write_event(
+                &mut leg.packet,
+                te,
+                leg.seq,
+                leg.timestamp,
+                leg.ssrc,
+                &event,
+            ),
+            _ => {
+                leg.packet[HEADER_LEN..].copy_from_slice(frame);
+                let stamp = Stamp {
+                    seq: leg.seq,
+                    timestamp: leg.timestamp,
+                    marker: leg.first,
+                };
+                rtp::write_header(&mut leg.packet, remote.payload_type, stamp, leg.ssrc);
+                HEADER_LEN + FRAME
+            }
         };
-        rtp::write_header(&mut leg.packet, payload_type, stamp, leg.ssrc);
         match leg.socket.send_to(&leg.packet[..len], remote.addr) {
             Ok(_) => {
                 leg.sent += 1;
@@ -531,6 +528,32 @@ fn codec_index(codec: Codec) -> usize {
         Codec::Pcmu => 0,
         Codec::Pcma => 1,
     }
+}
+
+/// Writes an RFC 4733 telephone-event packet into `packet` in place (no allocation: it runs
+/// per packet) and returns its length. `audio_ts` is the stream's clock for this tick; every
+/// packet of an event carries the event's start time (§2.3.3), and the first one the marker
+/// bit (§2.3.2).
+fn write_event(
+    packet: &mut [u8],
+    payload_type: u8,
+    seq: u16,
+    audio_ts: u32,
+    ssrc: u32,
+    event: &EventPacket,
+) -> usize {
+    let p = &mut packet[HEADER_LEN..HEADER_LEN + EVENT_LEN];
+    p[0] = event.code;
+    // E bit, reserved bit clear, volume.
+    p[1] = if event.end { 0x80 } else { 0 } | EVENT_VOLUME;
+    p[2..4].copy_from_slice(&event.duration.to_be_bytes());
+    let stamp = Stamp {
+        seq,
+        timestamp: audio_ts.wrapping_sub(event.elapsed),
+        marker: event.start,
+    };
+    rtp::write_header(packet, payload_type, stamp, ssrc);
+    HEADER_LEN + EVENT_LEN
 }
 
 /// One RFC 4733 packet to send.
@@ -689,5 +712,46 @@ mod tests {
         let second = packets[7].unwrap();
         assert!(second.start && second.code == 11);
         assert!(packets[13..].iter().all(Option::is_none), "then audio only");
+    }
+
+    #[test]
+    fn event_packets_are_rfc4733_bytes() {
+        // Key 5 for two packets of tone, sent as payload type 101 on a stream whose clock
+        // wraps during the event.
+        let mut d = DtmfSender::new(&[5], 2, 1);
+        let mut buf = [0u8; HEADER_LEN + FRAME];
+        let mut audio_ts = u32::MAX - 100;
+        let mut seq = 0xFFFE;
+        let mut wire = Vec::new();
+        while let Some(event) = d.next_packet() {
+            let len = write_event(&mut buf, 101, seq, audio_ts, 0x0102_0304, &event);
+            wire.push(buf[..len].to_vec());
+            seq = seq.wrapping_add(1);
+            audio_ts = audio_ts.wrapping_add(160);
+        }
+        let start = (u32::MAX - 100).to_be_bytes();
+        let expected: [(u8, u16, [u8; 4]); 5] = [
+            // Marker and payload type; event 5, volume 10, 160 samples so far.
+            (0x80 | 101, 0xFFFE, [5, 0x0A, 0x00, 0xA0]),
+            (101, 0xFFFF, [5, 0x0A, 0x01, 0x40]),
+            // Three end packets: E bit, the final duration repeated.
+            (101, 0x0000, [5, 0x8A, 0x01, 0x40]),
+            (101, 0x0001, [5, 0x8A, 0x01, 0x40]),
+            (101, 0x0002, [5, 0x8A, 0x01, 0x40]),
+        ];
+        assert_eq!(wire.len(), expected.len());
+        for (packet, (byte1, seq, payload)) in wire.iter().zip(expected) {
+            assert_eq!(packet.len(), 16, "12-byte header and 4-byte event");
+            assert_eq!(packet[0], 0x80, "version 2, no padding, extension or CSRC");
+            assert_eq!(packet[1], byte1);
+            assert_eq!(packet[2..4], seq.to_be_bytes());
+            assert_eq!(
+                packet[4..8],
+                start,
+                "every packet has the event's start time"
+            );
+            assert_eq!(packet[8..12], [1, 2, 3, 4]);
+            assert_eq!(packet[12..], payload);
+        }
     }
 }

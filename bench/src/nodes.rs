@@ -1,5 +1,6 @@
 //! Starting local `switchyard node` processes for `demo` and the tests: a config written from
-//! the scenario (its queues, DIDs and agent groups), free ports, generated prompts, a data dir
+//! the scenario (its queues, DIDs and agent groups, and the hotline's flows with the prompts of
+//! `deploy/prompts`), free ports, generated music and goodbye, a data dir
 //! per node, pid files for hooks, and a clean stop (SIGTERM, then SIGKILL after 5 s).
 //!
 //! One node runs standalone. Several form one cluster: the harness creates a CA and a
@@ -18,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::http;
 use crate::scenario::Scenario;
+use crate::{hotline, http};
 
 /// The node binary: `$SWITCHYARD_BIN`, else `switchyard` next to this executable (or one
 /// directory up, for test binaries in `target/<profile>/deps`).
@@ -185,9 +186,16 @@ fn issue_certs(bin: &Path, dir: &Path, ids: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The node config for `scenario` (queues, DIDs, agents), in the node's TOML format;
-/// `cluster` is the node's `[cluster]` section, empty for a standalone node.
-pub fn node_config(s: &Scenario, addrs: &NodeAddrs, dir: &Path, cluster: &str) -> String {
+/// The node config for `scenario` (queues, DIDs, agents, the hotline's flows), in the node's
+/// TOML format; `cluster` is the node's `[cluster]` section, empty for a standalone node, and
+/// `prompts` the IVR prompts directory.
+pub fn node_config(
+    s: &Scenario,
+    addrs: &NodeAddrs,
+    dir: &Path,
+    cluster: &str,
+    prompts: Option<&Path>,
+) -> String {
     let n = &s.node;
     let mut c = format!(
         r#"# Written by switchyard-bench for scenario {name:?}.
@@ -208,7 +216,7 @@ rtp_port_min = {lo}
 rtp_port_max = {hi}
 music_on_hold = "{dir}/music-on-hold.wav"
 goodbye_prompt = "{dir}/goodbye.wav"
-
+{prompts}
 [registrar]
 realm = "switchyard"
 # The harness registers every agent from one address.
@@ -223,7 +231,12 @@ failure_limit = 1000000
         lo = addrs.rtp.0,
         hi = addrs.rtp.1,
         dir = dir.display(),
+        prompts = prompts.map_or(String::new(), |p| format!(
+            "prompts_dir = \"{}\"\n",
+            p.display()
+        )),
     );
+    let surveys = s.hotline.as_ref().map_or(&[][..], |h| &h.survey_queues[..]);
     for q in s.queues() {
         c.push_str(&format!(
             "\n[[queue]]\nname = \"{q}\"\nstrategy = \"longest-idle\"\noffer_timeout_secs = {}\n\
@@ -235,12 +248,27 @@ failure_limit = 1000000
             n.record,
             n.service_level.0.as_secs().max(1),
         ));
+        if surveys.contains(&q) {
+            c.push_str(&format!("survey = \"{}\"\n", hotline::SURVEY_FLOW));
+        }
     }
     for d in &s.callers.dids {
-        c.push_str(&format!(
-            "\n[[did]]\nnumber = \"{}\"\nqueue = \"{}\"\n",
-            d.number, d.queue
-        ));
+        if let Some(q) = &d.queue {
+            c.push_str(&format!(
+                "\n[[did]]\nnumber = \"{}\"\nqueue = \"{q}\"\n",
+                d.number
+            ));
+        }
+    }
+    if let Some(h) = &s.hotline {
+        let dids: Vec<&str> = s
+            .callers
+            .dids
+            .iter()
+            .filter(|d| d.flow.is_some())
+            .map(|d| d.number.as_str())
+            .collect();
+        c.push_str(&hotline::node_config(h, &dids));
     }
     for g in &s.agent_groups {
         let skills: Vec<String> = g.skills.iter().map(|q| format!("\"{q}\"")).collect();
@@ -342,6 +370,13 @@ impl LocalNodes {
                 },
             });
         }
+        let prompts = match &scenario.hotline {
+            Some(_) => Some(hotline::prompts_dir().context(
+                "the hotline's flows need prompts: run from the source tree or set \
+                 SWITCHYARD_PROMPTS to deploy/prompts",
+            )?),
+            None => None,
+        };
         let certs = dir.join("certs");
         if clustered {
             let ids: Vec<String> = all.iter().map(|a| a.id.clone()).collect();
@@ -365,7 +400,10 @@ impl LocalNodes {
             } else {
                 String::new()
             };
-            fs::write(&config, node_config(scenario, addrs, &node_dir, &cluster))?;
+            fs::write(
+                &config,
+                node_config(scenario, addrs, &node_dir, &cluster, prompts.as_deref()),
+            )?;
             let log = node_dir.join("node.log");
             let log_file = fs::File::create(&log)?;
             let mut cmd = Command::new(bin);

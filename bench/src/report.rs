@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::hooks::HookResult;
+use crate::hotline;
 use crate::server::{Comparison, ServerView};
 use crate::stats::{AgentCounters, IntervalRow, MediaAgg, Percentiles};
 
@@ -184,6 +185,14 @@ pub struct Verdict {
     pub criteria: Vec<Criterion>,
 }
 
+/// The hotline calls: what the harness did, and what the node's records say.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hotline {
+    pub flow: String,
+    pub harness: hotline::Counts,
+    pub node: Option<hotline::Check>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub scenario: ScenarioInfo,
@@ -200,6 +209,7 @@ pub struct Summary {
     /// machine).
     pub limited_by: Option<String>,
     pub server: Option<ServerView>,
+    pub hotline: Option<Hotline>,
     pub cross_check: Vec<Comparison>,
     pub harness: Harness,
     pub resources: Option<Resources>,
@@ -273,6 +283,47 @@ fn write_csv(path: &Path, rows: &[IntervalRow]) -> std::io::Result<()> {
         )?;
     }
     w.flush()
+}
+
+fn counts(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "-".into();
+    }
+    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    parts.join(" ")
+}
+
+/// The hotline lines of the text summary.
+pub fn hotline_text(h: &Hotline) -> String {
+    let mut t = String::new();
+    let c = &h.harness;
+    let _ = writeln!(
+        t,
+        "hotline    flow {}: {} calls  menu keys {}  VIP {}  agent hung up {}  survey keys {}",
+        h.flow,
+        c.calls,
+        counts(&c.keys),
+        c.vip,
+        c.agent_ended,
+        counts(&c.survey_keys)
+    );
+    if let Some(n) = &h.node {
+        let _ = writeln!(
+            t,
+            "           node records: menu {}  VIP priority {}  survey scores {}  | {} calls \
+             checked, {} without a record, {} fields differ",
+            counts(&n.node_menu),
+            n.node_vip,
+            n.node_surveys,
+            n.checked,
+            n.missing,
+            n.field_mismatches()
+        );
+        for e in &n.examples {
+            let _ = writeln!(t, "           differs: {e}");
+        }
+    }
+    t
 }
 
 /// Quotes a CSV field when it needs it.
@@ -370,6 +421,9 @@ pub fn text(s: &Summary) -> String {
                 .as_ref()
                 .map_or(String::new(), |b| format!(" (limited by the {b})"))
         );
+    }
+    if let Some(h) = &s.hotline {
+        let _ = write!(t, "{}", hotline_text(h));
     }
     if !s.cross_check.is_empty() {
         let _ = writeln!(t, "cross-check (harness | cluster):");

@@ -18,6 +18,7 @@ use crate::agent::{AgentConfig, AgentSpec, Agents, Behaviour};
 use crate::arrivals::Arrivals;
 use crate::caller::{CallerConfig, Callers};
 use crate::hooks;
+use crate::hotline::{self, Rules};
 use crate::media::MediaEngine;
 use crate::monitor::{LoopLag, Monitor};
 use crate::report::{self, Summary};
@@ -180,6 +181,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
             .iter()
             .map(|d| (d.number.clone(), d.queue.clone()))
             .collect(),
+        // Callers in loopback ring the agents directly: there is no flow to drive.
+        hotline: match &s.hotline {
+            Some(h) if !opts.loopback => Some(Rules::new(
+                h,
+                s.callers.agent_hangs_up,
+                hotline::prompts_dir().as_deref(),
+            )?),
+            _ => None,
+        },
         weights: s.callers.dids.iter().map(|d| d.weight).collect(),
         talk: s.callers.talk_time.scaled(scale),
         patience: s.callers.patience.map(|p| p.scaled(scale)),
@@ -373,11 +383,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
 
     let server_view: Option<ServerView> = match baseline {
         Some(base) => {
-            let (expected, digits) = {
+            let (expected, digits, flow) = {
                 let r = lock(&recorder);
                 (
                     r.total.answered + r.total.abandoned,
                     s.callers.dtmf.as_ref().map(|d| d.digits.clone()),
+                    s.hotline
+                        .as_ref()
+                        .map(|h| (h.flow.clone(), r.hotline.clone())),
                 )
             };
             let tag = run_tag.clone();
@@ -387,6 +400,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
                         &base,
                         &tag,
                         digits.as_deref(),
+                        flow.as_ref().map(|(f, e)| (f.as_str(), &e[..])),
                         expected,
                         Duration::from_secs(10),
                     )

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::dist::Dist;
 use crate::duration::Dur;
+use crate::hotline::Hotline;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +50,8 @@ pub struct Scenario {
     pub agent_groups: Vec<AgentGroup>,
     #[serde(default)]
     pub media: Media,
+    /// The IVR flow behind DIDs that name one: its menu, VIP callers and surveys.
+    pub hotline: Option<Hotline>,
     /// Queue settings written into the node config when the harness starts the nodes itself
     /// (`demo`, tests); ignored for external targets.
     #[serde(default)]
@@ -116,8 +119,10 @@ pub struct Arrivals {
 #[serde(deny_unknown_fields)]
 pub struct Did {
     pub number: String,
-    /// The node's queue behind this number (for the cross-check and generated node configs).
-    pub queue: String,
+    /// The node's queue behind this number (for the cross-check and generated node configs);
+    /// or, with `flow`, the `[hotline]` flow's menu decides it.
+    pub queue: Option<String>,
+    pub flow: Option<String>,
     #[serde(default = "one")]
     pub weight: f64,
 }
@@ -496,18 +501,33 @@ impl Scenario {
                 }
             }
         }
-        let queues = self.queues();
+        let flow = self.hotline.as_ref().map(|h| h.flow.as_str());
         for d in &self.callers.dids {
-            if !self
-                .agent_groups
-                .iter()
-                .any(|g| g.skills.contains(&d.queue))
-            {
-                bail!(
-                    "DID {} goes to queue {:?} that no agent group serves",
-                    d.number,
-                    d.queue
-                );
+            match (&d.queue, &d.flow) {
+                (Some(_), None) => {}
+                (None, Some(f)) if Some(f.as_str()) == flow => {}
+                (None, Some(f)) => bail!("DID {}: flow {f:?} is not [hotline]'s", d.number),
+                _ => bail!("DID {}: give queue or flow, not both", d.number),
+            }
+        }
+        if let Some(h) = &self.hotline {
+            h.validate()?;
+            if !self.media.enabled {
+                bail!("[hotline] callers press keys in RTP: media must be enabled");
+            }
+        }
+        let queues = self.queues();
+        let served: Vec<&String> = self
+            .callers
+            .dids
+            .iter()
+            .filter_map(|d| d.queue.as_ref())
+            .chain(self.hotline.iter().flat_map(|h| h.menu.values()))
+            .chain(self.hotline.as_ref().map(|h| &h.no_key_queue))
+            .collect();
+        for q in served {
+            if !self.agent_groups.iter().any(|g| g.skills.contains(q)) {
+                bail!("queue {q:?} is called but no agent group serves it");
             }
         }
         if queues.is_empty() {
@@ -523,7 +543,15 @@ impl Scenario {
 
     /// Every queue the scenario mentions, sorted.
     pub fn queues(&self) -> Vec<String> {
-        let mut q: BTreeSet<String> = self.callers.dids.iter().map(|d| d.queue.clone()).collect();
+        let mut q: BTreeSet<String> = self
+            .callers
+            .dids
+            .iter()
+            .filter_map(|d| d.queue.clone())
+            .collect();
+        if let Some(h) = &self.hotline {
+            q.extend(h.queues());
+        }
         for g in &self.agent_groups {
             q.extend(g.skills.iter().cloned());
         }
@@ -596,7 +624,10 @@ impl Scenario {
             .iter()
             .map(|g| g.answer_delay.mean() * 3.0 + g.wrap_up.mean())
             .fold(0.0, f64::max);
-        crate::duration::capped((longest_talk + ring) / scale + 30.0)
+        // Hotline callers spend up to half a minute in the menu and a few seconds in the survey,
+        // in real time.
+        let ivr = if self.hotline.is_some() { 45.0 } else { 0.0 };
+        crate::duration::capped((longest_talk + ring) / scale + 30.0 + ivr)
     }
 }
 

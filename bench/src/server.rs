@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::hotline::{self, Expect};
 use crate::http;
 
 const PAGE: usize = 1000;
@@ -175,15 +176,19 @@ pub struct ServerView {
     pub queues: BTreeMap<String, QueueCounters>,
     pub queue_total: QueueCounters,
     pub cdrs: CdrSummary,
+    /// The hotline calls' records against the harness's view of them.
+    pub hotline: Option<hotline::Check>,
     pub errors: Vec<String>,
 }
 
 /// Fetches the cluster's figures for the run tagged `run_tag`, waiting up to `settle` for
-/// `expected_records` call records to be written (the store commits in groups).
+/// `expected_records` call records to be written (the store commits in groups); `hotline` is
+/// the flow and the harness's view of the calls that went through it.
 pub fn collect(
     base: &Baseline,
     run_tag: &str,
     digits: Option<&str>,
+    hotline: Option<(&str, &[Expect])>,
     expected_records: u64,
     settle: Duration,
 ) -> ServerView {
@@ -241,6 +246,7 @@ pub fn collect(
         })
         .collect();
     view.cdrs = summarise(&records, digits, view.queue_total.service_level_secs);
+    view.hotline = hotline.map(|(flow, expects)| hotline::check(flow, expects, &records));
     view
 }
 
@@ -294,7 +300,9 @@ fn summarise(records: &[Value], digits: Option<&str>, sl_secs: u64) -> CdrSummar
                 s.answered_within_sl += 1;
             }
         }
+        // Keys pressed in a flow (menu, survey) are the hotline check's, not these digits'.
         if let Some(d) = digits
+            && r.get("flow").is_none_or(Value::is_null)
             && r.get("dtmf").and_then(Value::as_str) == Some(d)
         {
             s.dtmf_matching += 1;
@@ -360,6 +368,14 @@ pub fn comparison(metric: &str, harness: f64, server: f64, floor: f64) -> Compar
     }
 }
 
+/// A per-call count that must match exactly: each difference is a call the two sides see
+/// differently.
+pub fn exact(metric: &str, harness: u64, server: u64) -> Comparison {
+    let mut c = comparison(metric, harness as f64, server as f64, 0.0);
+    c.ok = harness == server;
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -373,9 +389,11 @@ mod tests {
                    "caller_rtp": {"packets_received": 98, "packets_lost": 2}}),
             json!({"disposition": "answered", "hangup_by": "agent", "wait_ms": 30_000, "dtmf": ""}),
             json!({"disposition": "abandoned", "hangup_by": "caller", "wait_ms": 5_000}),
+            // A menu key "1" in a flow is not the DTMF the scenario's digits count.
+            json!({"disposition": "failed", "hangup_by": "system", "dtmf": "1#", "flow": "main"}),
         ];
         let s = summarise(&records, Some("1#"), 20);
-        assert_eq!(s.records, 3);
+        assert_eq!(s.records, 4);
         assert_eq!(s.by_disposition["answered"], 2);
         assert_eq!(s.avg_wait_answered_ms, 15_050.0);
         assert_eq!(s.answered_within_sl, 1);
@@ -391,5 +409,10 @@ mod tests {
         // 12 ms against 10 ms is 17% but within a 20 ms floor.
         assert!(comparison("avg wait ms", 12.0, 10.0, 20.0).ok);
         assert!(comparison("x", 0.0, 0.0, 0.0).ok);
+        assert!(
+            !exact("hotline menu", 1000, 999).ok,
+            "one call of a thousand differs"
+        );
+        assert!(exact("hotline menu", 7, 7).ok);
     }
 }

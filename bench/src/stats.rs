@@ -320,6 +320,8 @@ pub struct Recorder {
     pub hung_up_at_end: u64,
     /// Calls whose INVITE went to another target after the first never answered.
     pub rerouted: u64,
+    /// Every hotline call, as the harness made it.
+    pub hotline: Vec<crate::hotline::Expect>,
     calls_csv: Option<BufWriter<File>>,
     hooks_fired: Vec<String>,
 }
@@ -362,6 +364,7 @@ impl Recorder {
             queued: 0,
             hung_up_at_end: 0,
             rerouted: 0,
+            hotline: Vec::new(),
             calls_csv,
             hooks_fired: Vec::new(),
         })

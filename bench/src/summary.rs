@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use hdrhistogram::Histogram;
 
 use crate::hooks::HookResult;
+use crate::hotline::{self, Counts};
 use crate::report::{
-    Calls, Criterion, Harness, Latency, Media, MediaSide, Rates, Resources, RunInfo, ScenarioInfo,
-    Service, Step, Summary, Verdict,
+    Calls, Criterion, Harness, Hotline, Latency, Media, MediaSide, Rates, Resources, RunInfo,
+    ScenarioInfo, Service, Step, Summary, Verdict,
 };
 use crate::scenario::{Pass, Process, Scenario};
-use crate::server::{Comparison, ServerView, comparison};
+use crate::server::{Comparison, ServerView, comparison, exact};
 use crate::stats::{IntervalRow, Percentiles, Recorder, Side};
 
 /// Failure share under which a ramp stair counts as sustained, unless the scenario says.
@@ -133,6 +134,11 @@ pub fn build(i: Inputs<'_>) -> Summary {
         .map(|v| cross_check(&calls, &service, v, s.callers.dtmf.is_some(), r))
         .unwrap_or_default();
     let resources = resources(&r.intervals, &i.watched, i.arrival_s);
+    let hotline = s.hotline.as_ref().map(|h| Hotline {
+        flow: h.flow.clone(),
+        harness: Counts::of(&r.hotline),
+        node: i.server.as_ref().and_then(|v| v.hotline.clone()),
+    });
     let mut summary = Summary {
         scenario: ScenarioInfo {
             name: s.name.clone(),
@@ -167,6 +173,7 @@ pub fn build(i: Inputs<'_>) -> Summary {
         sustained_max_cps,
         limited_by,
         server: i.server,
+        hotline,
         cross_check,
         harness,
         resources,
@@ -386,7 +393,26 @@ fn cross_check(
             1.0,
         ));
     }
+    if let Some(h) = &v.hotline {
+        out.extend(hotline_rows(h));
+    }
     out
+}
+
+/// One row per compared field of the hotline calls: the calls with a record against those
+/// whose record agrees with the harness. Per call, so they must match exactly.
+fn hotline_rows(h: &hotline::Check) -> Vec<Comparison> {
+    let found = h.checked - h.missing;
+    let mut rows = vec![exact("hotline call records", h.checked, found)];
+    for field in hotline::FIELDS {
+        let differ = h.mismatches.get(field).copied().unwrap_or(0);
+        rows.push(exact(
+            &format!("hotline {field}"),
+            found,
+            found.saturating_sub(differ),
+        ));
+    }
+    rows
 }
 
 /// Share of the arrival window treated as warm-up (the load still building up).
@@ -668,6 +694,35 @@ mod tests {
             watched_cpu_pct: node_cpu,
             ok: false,
         }
+    }
+
+    #[test]
+    fn hotline_rows_flag_any_call_that_differs() {
+        let check = hotline::check(
+            "main",
+            &[hotline::Expect {
+                call_id: "t-1@b".into(),
+                vip: true,
+                menu: Some('2'),
+                queue: "tech".into(),
+                priority: 10,
+                agent_hangs_up: false,
+                survey: None,
+                checked: true,
+            }],
+            &[
+                serde_json::json!({"caller_call_id": "t-1@b", "flow": "main", "menu": "2",
+                                 "queue": "tech", "priority": 0}),
+            ],
+        );
+        let rows = hotline_rows(&check);
+        let bad: Vec<&str> = rows
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| r.metric.as_str())
+            .collect();
+        assert_eq!(bad, ["hotline priority"]);
+        assert_eq!(rows.len(), 1 + hotline::FIELDS.len());
     }
 
     #[test]
