@@ -160,7 +160,7 @@ def run_rate(rate, duration, agents, talk_ms):
         cpu0, _ = proc_stat(node.proc.pid)
         total = rate * duration
         t0 = time.time()
-        caller, out = sipp(work, "callers", "caller.xml", "-p", "0", "-r", str(rate),
+        caller, out = sipp(work, "callers", "caller.xml", "-s", "1000", "-p", "0", "-r", str(rate),
                            "-m", str(total), "-l", str(max(rate * 4, 100)), "-d", str(talk_ms),
                            "-timeout", f"{duration + 60}s")
         caller.wait(duration + 90)
@@ -198,7 +198,7 @@ def memory(agents, calls):
         time.sleep(1)
         _, registered = proc_stat(node.proc.pid)
         rate = 100
-        caller, _ = sipp(work, "callers", "caller.xml", "-p", "0", "-r", str(rate), "-m", str(calls),
+        caller, _ = sipp(work, "callers", "caller.xml", "-s", "1000", "-p", "0", "-r", str(rate), "-m", str(calls),
                          "-l", str(calls), "-d", "60000", "-timeout", "120s")
         deadline = time.time() + 30
         while time.time() < deadline:

@@ -126,6 +126,8 @@ fn sipp_and_bench_give_the_same_server_figures() {
             "caller.xml",
             &[
                 sip,
+                "-s".into(),
+                "1000".into(),
                 "-mp".into(),
                 free_media_port().to_string(),
                 "-r".into(),

@@ -169,3 +169,88 @@ fn a_menu_routes_by_key_and_by_timeout_a_closed_line_refuses_and_flows_change_li
     let last = cdrs.iter().max_by_key(|c| c.arrived_ms).expect("records");
     assert_eq!(last.queue.as_deref(), Some("general"), "{last:#?}");
 }
+
+#[test]
+fn a_caller_asks_for_a_callback_keeps_its_place_and_is_called_back_through_the_trunk() {
+    // The carrier: a SIPp UAS answering whatever the trunk sends it.
+    let trunk_port = common::free_port();
+    let node = Node::start(
+        "ivr-callback",
+        NodeConfig {
+            extra: format!(
+                r#"
+[[trunk]]
+name = "carrier"
+address = "127.0.0.1:{trunk_port}"
+caller_id = "10086"
+
+[[queue]]
+name = "callbacks"
+callback = {{ key = "9", trunk = "carrier", attempts = 2, retry_after_secs = 1 }}
+
+[[did]]
+number = "1005"
+queue = "callbacks"
+
+[[agents]]
+extensions = "3005"
+password = "pw{{ext}}"
+queues = ["callbacks"]
+available_on_register = true
+"#
+            ),
+            ..NodeConfig::default()
+        },
+    );
+    let customer = node
+        .sipp("carrier", "agent_answer_wait_bye.xml")
+        .server()
+        .local_port(trunk_port)
+        .calls(1)
+        .duration_ms(200)
+        .timeout_secs(90)
+        .spawn();
+
+    // Nobody is logged in: the caller waits, presses 9, confirms with 1 and is let go.
+    let sipp = node
+        .sipp("caller-callback", "caller_callback.xml")
+        .dial("1005")
+        .timeout_secs(60);
+    std::fs::create_dir_all(sipp.dir()).expect("sipp dir");
+    for key in ['9', '1'] {
+        let pcap = Path::new(PCAPS).join(format!("dtmf_2833_{key}.pcap"));
+        std::fs::copy(&pcap, sipp.dir().join(format!("key{key}.pcap")))
+            .unwrap_or_else(|e| panic!("{}: {e}", pcap.display()));
+    }
+    sipp.spawn().expect_success_with(&node);
+    let asked = node.wait_cdrs(1, Duration::from_secs(10)).remove(0);
+    assert_eq!(asked.disposition, "callback-requested", "{asked:#?}");
+    let queue = node.get_json("/v1/queues/callbacks");
+    assert_eq!(queue["waiting"], 1, "the callback keeps its place: {queue}");
+
+    // An agent logs in: it answers first, then the customer is dialled through the trunk.
+    let phone = node
+        .sipp("agent-3005", "agent_answer_send_bye.xml")
+        .server()
+        .calls(1)
+        .duration_ms(200)
+        .set("talk_ms", "8000")
+        .timeout_secs(90)
+        .spawn();
+    node.register_agents(&["3005".to_owned()], phone.local_port);
+    phone.expect_success_with(&node);
+    customer.expect_success_with(&node);
+    let cdrs = node.wait_cdrs(2, Duration::from_secs(10));
+    let called = cdrs
+        .iter()
+        .find(|c| c.id != asked.id)
+        .expect("the callback's record");
+    assert_eq!(
+        called.callback_of.as_deref(),
+        Some(asked.id.as_str()),
+        "{called:#?}"
+    );
+    assert_eq!(called.disposition, "answered", "{called:#?}");
+    assert_eq!(called.agent.as_deref(), Some("3005"), "{called:#?}");
+    assert_eq!(called.caller, "13800000001", "{called:#?}");
+}

@@ -976,6 +976,9 @@ pub struct Cdr {
     pub menu: String,
     #[serde(default)]
     pub priority: u8,
+    /// On a callback's record: the record of the call that asked for it.
+    #[serde(default)]
+    pub callback_of: Option<String>,
     /// `{"from_node", "at_ms", "outcome"}` on a call another node took over (failover).
     #[serde(default)]
     pub failover: Option<Value>,

@@ -195,6 +195,12 @@ impl CallCore {
     }
 
     fn on_agent_bye(&mut self, env: &mut dyn CallEnv) {
+        if self.phase == Phase::Dialling && self.caller.state == LegState::Up {
+            // The agent hung up while the customer heard the greeting: the call is over.
+            self.record.answered_ms.get_or_insert(env.now_ms());
+            self.hang_up_caller();
+            return self.finish(env, HangupBy::Agent, Disposition::Answered);
+        }
         if self.phase == Phase::Dialling {
             // The agent gave up on a callback still ringing the customer.
             self.emit(Effect::Cancel {
