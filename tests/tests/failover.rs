@@ -112,18 +112,24 @@ fn placement(cluster: &Cluster, id: u64) -> Result<BTreeMap<String, Placement>, 
 /// elected and every node agrees on the placement, and chooses the roles: A is not the
 /// leader and, if possible, not the queue's home either (so that only calls move with it).
 fn start(name: &str, agents: u32) -> (Cluster, Roles) {
-    start_with(name, agents, |_| {})
+    start_with(name, agents, 0, |_| {})
 }
 
 /// As [`start`], with the nodes' config changed by `tweak` first.
-fn start_with(name: &str, agents: u32, tweak: impl FnOnce(&mut NodeConfig)) -> (Cluster, Roles) {
+/// `extra_actors`: queues and agents `tweak` adds to the config.
+fn start_with(
+    name: &str,
+    agents: u32,
+    extra_actors: usize,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> (Cluster, Roles) {
     let mut options = ClusterOptions::new(3);
     options.node.agents = format!("2001-{}", 2000 + agents);
     options.node.rtp_ports = 400;
     tweak(&mut options.node);
     let mut cluster = Cluster::with(name, options);
     let leader = cluster.wait_leader(Duration::from_secs(20)).node_id;
-    let actors = cluster.options.actors();
+    let actors = cluster.options.actors() + extra_actors;
     let placed = poll(Duration::from_secs(20), "placement agreed", || {
         let first = placement(&cluster, 1)?;
         if first.len() != actors {
@@ -542,7 +548,7 @@ impl Run {
 /// to the first of them in arrival order.
 fn talking_ringing_queued(name: &str, failure: Failure) -> Run {
     const AGENTS: u32 = TALKERS + RINGING;
-    let (mut cluster, roles) = start_with(name, AGENTS, |_| {});
+    let (mut cluster, roles) = start_with(name, AGENTS, 0, |_| {});
     let Roles { a, b, .. } = roles;
     let phone = phones(
         &cluster,
@@ -1635,7 +1641,7 @@ fn agents_keep_their_state_across_a_failure() {
     const WRAP_UP_SECS: u64 = 5;
     let _serial = serial();
     let began = Instant::now();
-    let (mut cluster, roles) = start_with("failover-agents", AGENTS, |c| {
+    let (mut cluster, roles) = start_with("failover-agents", AGENTS, 0, |c| {
         c.wrap_up_secs = WRAP_UP_SECS;
     });
     let Roles { a, b, .. } = roles;
@@ -1824,7 +1830,7 @@ fn recording_continues_in_a_new_segment_after_a_takeover() {
     const CALLS: u32 = 3;
     let _serial = serial();
     let began = Instant::now();
-    let (mut cluster, roles) = start_with("failover-record", CALLS, |c| c.record = Some(true));
+    let (mut cluster, roles) = start_with("failover-record", CALLS, 0, |c| c.record = Some(true));
     let Roles { a, b, .. } = roles;
     let survivors = roles.survivors();
     let phone = phones(
@@ -1959,7 +1965,7 @@ override = "closed"
 #[test]
 fn a_caller_mid_menu_resumes_at_the_same_step_on_the_standby_after_kill_9() {
     let _serial = serial();
-    let (mut cluster, roles) = start_with("failover-ivr", 1, |node| node.extra = MENU.into());
+    let (mut cluster, roles) = start_with("failover-ivr", 1, 0, |node| node.extra = MENU.into());
     let Roles { a, .. } = roles;
     let sipp = cluster
         .node(a)
@@ -1998,4 +2004,110 @@ fn a_caller_mid_menu_resumes_at_the_same_step_on_the_standby_after_kill_9() {
     let (from_node, _, outcome) = failover_of(record).expect("failover recorded");
     assert!(names_node(&from_node, a), "{record:#?}");
     assert_eq!(outcome, "resumed", "{record:#?}");
+}
+
+#[test]
+fn a_callback_keeps_its_place_through_kill_9_of_its_queues_home() {
+    let _serial = serial();
+    let trunk_port = common::free_port();
+    let (mut cluster, roles) = start_with("failover-callback", 1, 2, |node| {
+        node.extra = format!(
+            "[[trunk]]\nname = \"carrier\"\naddress = \"127.0.0.1:{trunk_port}\"\n\
+             [[queue]]\nname = \"callbacks\"\n\
+             callback = {{ key = \"9\", trunk = \"carrier\", retry_after_secs = 1 }}\n\
+             [[did]]\nnumber = \"1005\"\nqueue = \"callbacks\"\n\
+             [[agents]]\nextensions = \"3005\"\npassword = \"pw{{ext}}\"\n\
+             queues = [\"callbacks\"]\navailable_on_register = true\n"
+        );
+    });
+    let home = poll(Duration::from_secs(20), "callbacks queue placed", || {
+        placement(&cluster, roles.b)?
+            .get("queue/callbacks")
+            .map(|p| p.node)
+            .ok_or_else(|| "not placed yet".to_owned())
+    });
+    // The caller dials a node that is not the queue's home, which is then killed.
+    let entry = [roles.a, roles.b, roles.c]
+        .into_iter()
+        .find(|&n| n != home)
+        .expect("a node other than the queue's home");
+    let survivor = [roles.a, roles.b, roles.c]
+        .into_iter()
+        .find(|&n| n != home && n != entry)
+        .expect("a third node");
+    eprintln!("[test] queue callbacks on node {home}; the caller dials node {entry}");
+    let customer = cluster
+        .node(entry)
+        .sipp("carrier", "agent_answer_wait_bye.xml")
+        .server()
+        .local_port(trunk_port)
+        .calls(1)
+        .duration_ms(200)
+        .timeout_secs(120)
+        .spawn();
+    let sipp = cluster
+        .node(entry)
+        .sipp("caller-callback", "caller_callback.xml")
+        .dial("1005")
+        .timeout_secs(60);
+    std::fs::create_dir_all(sipp.dir()).expect("sipp dir");
+    for key in ['9', '1'] {
+        std::fs::copy(
+            format!("/usr/share/sip-tester/dtmf_2833_{key}.pcap"),
+            sipp.dir().join(format!("key{key}.pcap")),
+        )
+        .expect("SIPp's dtmf pcaps (Debian's sip-tester ships them)");
+    }
+    sipp.spawn().expect_success_with(cluster.node(entry));
+    wait_call_states(&cluster, entry, &[("callback", 1)]);
+
+    let failed_at = Instant::now();
+    eprintln!("[test] kill -9 node {home}, the queue's home");
+    cluster.kill9(home);
+    wait_declared_failed(&cluster, &[entry, survivor], home, failed_at);
+    // The queue starts again elsewhere and the callback joins it again in its place.
+    poll(
+        Duration::from_secs(30),
+        "the callback waiting in the moved queue",
+        || {
+            let queue = get_json(&cluster, entry, "/v1/queues/callbacks")?;
+            if queue["waiting"] == 1 {
+                Ok(())
+            } else {
+                Err(queue.to_string())
+            }
+        },
+    );
+    let phone = cluster
+        .node(entry)
+        .sipp("agent-3005", "agent_answer_send_bye.xml")
+        .server()
+        .calls(1)
+        .duration_ms(200)
+        .set("talk_ms", "8000")
+        .timeout_secs(90)
+        .spawn();
+    cluster
+        .node(entry)
+        .register_agents(&["3005".to_owned()], phone.local_port);
+    phone.expect_success_with(cluster.node(entry));
+    customer.expect_success_with(cluster.node(entry));
+    let records = poll(Duration::from_secs(20), "both records", || {
+        let cdrs = cluster.node(entry).cdrs();
+        if cdrs.len() >= 2 {
+            Ok(cdrs)
+        } else {
+            Err(format!("{} records", cdrs.len()))
+        }
+    });
+    let asked = records
+        .iter()
+        .find(|c| c.disposition == "callback-requested")
+        .expect("the caller's record");
+    let called = records
+        .iter()
+        .find(|c| c.callback_of.as_deref() == Some(asked.id.as_str()))
+        .expect("the callback's record");
+    assert_eq!(called.disposition, "answered", "{called:#?}");
+    assert_eq!(called.agent.as_deref(), Some("3005"), "{called:#?}");
 }
