@@ -61,6 +61,8 @@ pub struct NodeContext {
     pub flows: Arc<FlowStore>,
     /// Staffing and waits of the queues homed here, for flows that branch on them.
     pub queue_board: QueueBoard,
+    /// Each agent's pool (from the config file), for call records.
+    pub agent_pools: HashMap<String, String>,
     dids: HashMap<String, DidConfig>,
 }
 
@@ -133,6 +135,10 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .map_err(|problems| anyhow::anyhow!("invalid flows: {problems}"))?;
 
     let agents_spec = config.agents()?;
+    let agent_pools = agents_spec
+        .iter()
+        .map(|a| (a.extension.clone(), a.pool.clone()))
+        .collect();
     let passwords = agents_spec
         .iter()
         .map(|a| (a.extension.clone(), a.password.clone()))
@@ -194,6 +200,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         failover,
         flows,
         queue_board: QueueBoard::default(),
+        agent_pools,
     });
 
     let cluster = match cluster {

@@ -11,7 +11,7 @@ use switchyard_media::{Codec, Endpoint, EndpointId, EndpointStats, MonitorMode a
 use switchyard_sip::rsip;
 use switchyard_sip::transaction::{Peer, TransactionId, Transport};
 
-use super::core::{CallCore, CallEnv, CallSettings, Effect, Input, QueueNote, Sound};
+use super::core::{CallCore, CallEnv, CallSettings, Effect, Input, QueueNote, RoutingFacts, Sound};
 use super::legs::Local;
 use super::replica::MediaTarget;
 use super::{CallMsg, CallReplica};
@@ -355,6 +355,25 @@ impl CallEnv for NodeEnv<'_> {
 
     fn queue_exists(&self, queue: &str) -> bool {
         self.ctx.queues.get(&queue.to_owned()).is_some()
+    }
+
+    fn routing_facts(&self, queue: &str, agent_id: &str, waited_ms: u64) -> RoutingFacts {
+        let skills = self.ctx.config.queue(queue).map(|q| {
+            switchyard_routing::requirement_at(&q.routing, waited_ms)
+                .skills
+                .iter()
+                .map(|s| (s.name.clone(), s.level))
+                .collect()
+        });
+        RoutingFacts {
+            pool: self
+                .ctx
+                .agent_pools
+                .get(agent_id)
+                .filter(|pool| !pool.is_empty())
+                .cloned(),
+            skills: skills.unwrap_or_default(),
+        }
     }
 
     fn callback_policy(&self, queue: &str) -> Option<CallbackPolicy> {

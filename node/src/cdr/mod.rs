@@ -150,6 +150,12 @@ pub struct CallRecord {
     /// Priority in the queue (from the DID or the flow); higher is served first.
     #[serde(default)]
     pub priority: u8,
+    /// The pool of the agent who answered (in-house, a partner), for the pool split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The skills (minimum levels) the queue's routing step required when the agent answered.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub skills: std::collections::BTreeMap<String, u8>,
     /// The record of the call that asked for this callback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_of: Option<String>,

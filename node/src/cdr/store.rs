@@ -292,6 +292,8 @@ mod tests {
             priority: 0,
             survey_score: None,
             callback_of: None,
+            pool: None,
+            skills: Default::default(),
             failover: None,
         }
     }

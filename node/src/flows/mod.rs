@@ -147,13 +147,13 @@ impl FlowStore {
             Ok(()) => Vec::new(),
             Err(errors) => errors.iter().map(ToString::to_string).collect(),
         };
-        // Transfers leave through a trunk, and the node has none yet.
+        // The call core cannot send a flow's caller out through a trunk yet.
         for flow in &set.flows {
             for (name, step) in &flow.steps {
                 if matches!(step.kind, StepKind::Transfer(_)) {
                     problems.push(format!(
-                        "flow {:?}, step {name:?}, field \"transfer\": transfers need a trunk, \
-                         and trunks are not supported yet",
+                        "flow {:?}, step {name:?}, field \"transfer\": transfers from a flow \
+                         are not supported yet",
                         flow.name
                     ));
                 }

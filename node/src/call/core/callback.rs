@@ -216,6 +216,7 @@ impl CallCore {
             agent.media = Some(target);
             env.play(ep.id, Sound::MusicOnHold, true);
         }
+        self.note_routing(env, &agent, env.now_ms());
         self.report_leg(env, &agent, OfferOutcome::Answered);
         self.record.agent = agent.agent_id().map(str::to_owned);
         self.record.agent_call_id = Some(agent.sip_call_id.clone());

@@ -116,6 +116,8 @@ impl CallCore {
             priority: 0,
             survey_score: None,
             callback_of: None,
+            pool: None,
+            skills: Default::default(),
             failover: None,
         };
         let caller = Leg {
@@ -145,6 +147,7 @@ impl CallCore {
             flow: None,
             preferred: None,
             callback: None,
+            entered_queue_ms: now,
             record,
             hold: None,
             invited_at: env.instant(),
@@ -252,6 +255,7 @@ impl CallCore {
             // A taken-over caller queues again without its preferred agent's window.
             preferred: None,
             callback: replica.callback,
+            entered_queue_ms: env.now_ms(),
             record,
             hold: replica.hold,
             invited_at: env.instant(),

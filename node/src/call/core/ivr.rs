@@ -197,9 +197,9 @@ impl CallCore {
                 self.end_flow(env, StatusCode::TemporarilyUnavailable, disposition);
             }
             FlowCommand::Transfer { number, .. } => {
-                // Trunks do not exist yet, so validation refuses transfer steps; a set stored
-                // before that check still must not leave the caller hanging.
-                tracing::error!(call = %self.record.id, %number, "flow transfer without trunks");
+                // Validation refuses transfer steps (not carried out yet); a set stored before
+                // that check still must not leave the caller hanging.
+                tracing::error!(call = %self.record.id, %number, "flow transfers are not supported");
                 self.end_flow(env, StatusCode::ServiceUnavailable, Disposition::Failed);
             }
             FlowCommand::Failed { reason } => {

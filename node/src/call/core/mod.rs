@@ -79,6 +79,9 @@ pub trait CallEnv {
     fn estimated_wait_secs(&self, queue: &str) -> u64;
     /// Whether queue `queue` exists anywhere in the cluster.
     fn queue_exists(&self, queue: &str) -> bool;
+    /// What routing meant at an answer: the agent's pool, and the skills the queue's step in
+    /// force required after `waited_ms` in the queue.
+    fn routing_facts(&self, queue: &str, agent_id: &str, waited_ms: u64) -> RoutingFacts;
     /// The queue's callback offer, if it makes one.
     fn callback_policy(&self, queue: &str) -> Option<CallbackPolicy>;
     fn trunk(&self, name: &str) -> Option<TrunkConfig>;
@@ -134,6 +137,13 @@ pub trait CallEnv {
     fn set_monitor_mode(&mut self, supervisor: EndpointId, mode: MixMode);
     fn stop_monitor(&mut self, supervisor: EndpointId);
     fn rtp_stats(&mut self, ep: EndpointId) -> Option<RtpStats>;
+}
+
+/// What routing meant for an answered call, for its record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingFacts {
+    pub pool: Option<String>,
+    pub skills: std::collections::BTreeMap<String, u8>,
 }
 
 /// Sounds the call plays.
@@ -348,6 +358,8 @@ pub struct CallCore {
     preferred: Option<PreferredAgent>,
     /// A callback asked for, or being carried out (see `callback`).
     callback: Option<callback::Callback>,
+    /// When the call entered its current queue (Unix ms): routing steps count from there.
+    entered_queue_ms: u64,
     record: CallRecord,
     /// The hold in progress, if any.
     hold: Option<super::replica::Hold>,

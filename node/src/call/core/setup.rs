@@ -184,6 +184,7 @@ impl CallCore {
         self.record.queued_ms.get_or_insert(since_ms);
         self.record.queue = Some(queue.clone());
         self.record.priority = self.priority;
+        self.entered_queue_ms = env.now_ms();
         self.phase = Phase::Queued;
         let priority = self.priority;
         self.emit(Effect::ToQueue {
@@ -512,6 +513,7 @@ impl CallCore {
         self.record.answered_ms = Some(now);
         self.record.agent = leg.agent_id().map(str::to_owned);
         self.record.agent_call_id = Some(leg.sip_call_id.clone());
+        self.note_routing(env, &leg, now);
         self.report_leg(env, &leg, OfferOutcome::Answered);
         let record = match &leg.role {
             Role::Agent { queue, .. } => env.queue_records(queue),
@@ -521,6 +523,19 @@ impl CallCore {
         self.phase = Phase::Connected;
         if record {
             self.start_recording(env, None);
+        }
+    }
+
+    /// Puts on the record what routing meant for the agent who answered.
+    pub(super) fn note_routing(&mut self, env: &dyn CallEnv, leg: &Leg, now_ms: u64) {
+        if let Role::Agent {
+            agent_id, queue, ..
+        } = &leg.role
+        {
+            let waited = now_ms.saturating_sub(self.entered_queue_ms);
+            let facts = env.routing_facts(queue, agent_id, waited);
+            self.record.pool = facts.pool;
+            self.record.skills = facts.skills;
         }
     }
 

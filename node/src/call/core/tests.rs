@@ -206,6 +206,13 @@ impl CallEnv for FakeNode {
     fn survey_flow(&self, queue: &str) -> Option<String> {
         self.survey.clone().filter(|_| queue == "support")
     }
+    fn routing_facts(&self, queue: &str, agent_id: &str, waited_ms: u64) -> RoutingFacts {
+        let level = if waited_ms < 10_000 { 4 } else { 1 };
+        RoutingFacts {
+            pool: (agent_id == "2001").then(|| "inhouse".to_owned()),
+            skills: [(format!("{queue}-skill"), level)].into(),
+        }
+    }
     fn callback_policy(&self, queue: &str) -> Option<crate::config::CallbackPolicy> {
         (queue == "support").then(|| crate::config::CallbackPolicy {
             key: '9',
@@ -2064,4 +2071,24 @@ fn pressing_2_or_nothing_keeps_the_caller_waiting() {
     assert!(env.took().contains(&MediaOp::Play(ep, Sound::MusicOnHold)));
     assert!(call.callback.is_none());
     assert_eq!(call.phase, Phase::Queued);
+}
+
+#[test]
+fn the_record_names_the_answering_agents_pool_and_the_skills_then_required() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "1000");
+    call.take_effects();
+    env.advance(12_000);
+    call.handle(&mut env, offer("2001"));
+    let (invite, _) = sent(&call.take_effects(), Method::Invite).remove(0);
+    call.handle(
+        &mut env,
+        Input::Response(phone_answer(&invite, 200, AGENT, 6000)),
+    );
+    assert_eq!(call.record.pool.as_deref(), Some("inhouse"));
+    assert_eq!(
+        call.record.skills,
+        [("support-skill".to_owned(), 1)].into(),
+        "the step in force after 12 s in the queue"
+    );
 }
