@@ -124,6 +124,7 @@ fn skills_widen_after_ten_seconds_the_expert_goes_first_priority_overtakes_and_e
         (10_000..13_000).contains(&widened.wait_ms),
         "answered after the 10 s step, not before: {widened:#?}"
     );
+    assert_eq!(widened.skills.get("billing"), Some(&1), "{widened:#?}");
 
     // Both free: skills-best offers the level-5 agent at once.
     let expert = agent(&node, "3001", 1);
@@ -134,6 +135,7 @@ fn skills_widen_after_ten_seconds_the_expert_goes_first_priority_overtakes_and_e
     let to_expert = cdrs.iter().max_by_key(|c| c.arrived_ms).expect("record");
     assert_eq!(to_expert.agent.as_deref(), Some("3001"), "{to_expert:#?}");
     assert!(to_expert.wait_ms < 3_000, "at once: {to_expert:#?}");
+    assert_eq!(to_expert.skills.get("billing"), Some(&4), "{to_expert:#?}");
     drop(novice);
 
     // Three callers wait in general, then one with priority 10: it is answered first.

@@ -976,6 +976,11 @@ pub struct Cdr {
     pub menu: String,
     #[serde(default)]
     pub priority: u8,
+    /// The answering agent's pool, and the skills (minimum levels) required at the answer.
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub skills: std::collections::BTreeMap<String, u8>,
     /// On a callback's record: the record of the call that asked for it.
     #[serde(default)]
     pub callback_of: Option<String>,
