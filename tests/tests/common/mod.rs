@@ -428,6 +428,29 @@ impl Node {
         node
     }
 
+    /// Starts a node on one of `deploy/examples/` as it is, ports included (`sip` and `http`
+    /// are what the file says), and waits until it is ready.
+    pub fn start_example(name: &str, example: &str, sip: SocketAddr, http: SocketAddr) -> Node {
+        let dir = TestDir::new(name);
+        let log_path = dir.join("node.log");
+        fs::File::create(&log_path).expect("create node log");
+        let mut node = Node {
+            name: name.to_owned(),
+            sip,
+            http,
+            rtp: (20000, 29999),
+            config_path: workspace_root().join("deploy/examples").join(example),
+            log_path,
+            data_dir: dir.join("data"),
+            child: None,
+            sipp_runs: AtomicU32::new(0),
+            dir,
+        };
+        node.spawn_process();
+        node.wait_ready();
+        node
+    }
+
     /// Starts the process on the node's config and data dir, its output appended to the log.
     /// The process gets SIGTERM when the thread calling this exits (`PR_SET_PDEATHSIG`), so
     /// start nodes from the test's own thread.
