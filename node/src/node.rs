@@ -128,7 +128,13 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .cluster
         .is_none()
         .then(|| data_dir.join("flows.json"));
-    let flows = Arc::new(FlowStore::open(config.flow_set(), prompts, saved_flows)?);
+    let trunks = config.trunks.iter().map(|t| t.name.clone()).collect();
+    let flows = Arc::new(FlowStore::open(
+        config.flow_set(),
+        prompts,
+        trunks,
+        saved_flows,
+    )?);
     let queue_names: Vec<&str> = config.queues.iter().map(|q| q.name.as_str()).collect();
     flows
         .check(&flows.current(), queue_names)

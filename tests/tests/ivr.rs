@@ -38,7 +38,9 @@ name = "main"
 start = "menu"
 language = "en"
 [flow.steps.menu]
-menu = { prompt = ["digit-1"], options = { "1" = "billing", "0" = "late" }, timeout_secs = 1, max_timeouts = 2, on_timeout = "general", on_invalid = "general" }
+menu = { prompt = ["digit-1"], options = { "1" = "billing", "0" = "late", "3" = "out" }, timeout_secs = 1, max_timeouts = 2, on_timeout = "general", on_invalid = "general" }
+[flow.steps.out]
+transfer = { number = "4008001234", trunk = "carrier" }
 [flow.steps.billing]
 queue = { name = "billing" }
 [flow.steps.general]
@@ -81,9 +83,9 @@ fn caller_pressing(node: &Node, label: &str, key: char) -> SippProcess {
     sipp.spawn()
 }
 
-fn record_of<'a>(cdrs: &'a [Cdr], agent: Option<&str>) -> &'a Cdr {
+fn record_of<'a>(cdrs: &'a [Cdr], agent: &str) -> &'a Cdr {
     cdrs.iter()
-        .find(|c| c.agent.as_deref() == agent)
+        .find(|c| c.agent.as_deref() == Some(agent))
         .unwrap_or_else(|| panic!("no record with agent {agent:?}: {cdrs:#?}"))
 }
 
@@ -93,10 +95,13 @@ fn put(node: &Node, path: &str, body: &str) -> http::Response {
 
 #[test]
 fn a_menu_routes_by_key_and_by_timeout_a_closed_line_refuses_and_flows_change_live() {
+    let trunk_port = common::free_port();
     let node = Node::start(
         "ivr-menu",
         NodeConfig {
-            extra: HOTLINE.into(),
+            extra: format!(
+                "{HOTLINE}\n[[trunk]]\nname = \"carrier\"\naddress = \"127.0.0.1:{trunk_port}\"\n"
+            ),
             ..NodeConfig::default()
         },
     );
@@ -115,6 +120,18 @@ fn a_menu_routes_by_key_and_by_timeout_a_closed_line_refuses_and_flows_change_li
         .expect_success_with(&node);
     general.expect_success_with(&node);
 
+    // Key 3: the flow transfers the caller to an outside number, a SIPp UAS behind the trunk.
+    let outside = node
+        .sipp("carrier", "agent_answer_wait_bye.xml")
+        .server()
+        .local_port(trunk_port)
+        .calls(1)
+        .duration_ms(200)
+        .timeout_secs(60)
+        .spawn();
+    caller_pressing(&node, "caller-transfer", '3').expect_success_with(&node);
+    outside.expect_success_with(&node);
+
     // Closed by the operator: key 0 hears the closed prompt and is refused.
     let closed = put(
         &node,
@@ -124,13 +141,19 @@ fn a_menu_routes_by_key_and_by_timeout_a_closed_line_refuses_and_flows_change_li
     assert_eq!(closed.status, 200, "{}", closed.text());
     caller_pressing(&node, "caller-closed", '0').expect_success_with(&node);
 
-    let cdrs = node.wait_cdrs(3, Duration::from_secs(10));
-    let keyed = record_of(&cdrs, Some("3001"));
+    let cdrs = node.wait_cdrs(4, Duration::from_secs(10));
+    let transferred = cdrs
+        .iter()
+        .find(|c| c.disposition == "transferred")
+        .unwrap_or_else(|| panic!("no transferred call: {cdrs:#?}"));
+    assert_eq!(transferred.menu, "3", "{transferred:#?}");
+    assert_eq!(transferred.hangup_by, "caller", "{transferred:#?}");
+    let keyed = record_of(&cdrs, "3001");
     assert_eq!(keyed.queue.as_deref(), Some("billing"), "{keyed:#?}");
     assert_eq!(keyed.disposition, "answered", "{keyed:#?}");
     assert_eq!(keyed.flow.as_deref(), Some("main"), "{keyed:#?}");
     assert_eq!(keyed.menu, "1", "{keyed:#?}");
-    let timed_out = record_of(&cdrs, Some("3002"));
+    let timed_out = record_of(&cdrs, "3002");
     assert_eq!(
         timed_out.queue.as_deref(),
         Some("general"),
@@ -141,7 +164,10 @@ fn a_menu_routes_by_key_and_by_timeout_a_closed_line_refuses_and_flows_change_li
         timed_out.queued_ms.unwrap_or(0) >= timed_out.arrived_ms + 2_000,
         "two 1 s timeouts after the prompt: {timed_out:#?}"
     );
-    let refused = record_of(&cdrs, None);
+    let refused = cdrs
+        .iter()
+        .find(|c| c.disposition == "closed")
+        .unwrap_or_else(|| panic!("no closed call: {cdrs:#?}"));
     assert_eq!(refused.disposition, "closed", "{refused:#?}");
     assert_eq!(refused.menu, "0", "{refused:#?}");
     assert!(refused.queue.is_none(), "{refused:#?}");
@@ -165,7 +191,7 @@ fn a_menu_routes_by_key_and_by_timeout_a_closed_line_refuses_and_flows_change_li
     let general = agent(&node, "3002");
     caller_pressing(&node, "caller-after-change", '1').expect_success_with(&node);
     general.expect_success_with(&node);
-    let cdrs = node.wait_cdrs(4, Duration::from_secs(10));
+    let cdrs = node.wait_cdrs(5, Duration::from_secs(10));
     let last = cdrs.iter().max_by_key(|c| c.arrived_ms).expect("records");
     assert_eq!(last.queue.as_deref(), Some("general"), "{last:#?}");
 }

@@ -383,8 +383,14 @@ impl CallEnv for NodeEnv<'_> {
             .and_then(|q| q.callback.clone())
     }
 
-    fn trunk(&self, name: &str) -> Option<TrunkConfig> {
-        self.ctx.config.trunk(name).cloned()
+    fn trunk(&self, name: Option<&str>) -> Option<TrunkConfig> {
+        match name {
+            Some(name) => self.ctx.config.trunk(name).cloned(),
+            None => match self.ctx.config.trunks.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            },
+        }
     }
 
     fn survey_flow(&self, queue: &str) -> Option<String> {

@@ -37,6 +37,8 @@ pub enum Disposition {
     /// The caller asked to be called back and hung up keeping its place; the callback's own
     /// record names this one in `callback_of`.
     CallbackRequested,
+    /// An IVR flow sent the caller to an outside number, which answered.
+    Transferred,
 }
 
 /// Which side ended the call.
@@ -58,6 +60,8 @@ pub enum HangupBy {
     Agent,
     /// Switchyard itself (overflow goodbye, error, timeout).
     System,
+    /// The outside number a flow transferred the caller to.
+    Outside,
 }
 
 /// One offer of the call to an agent.
@@ -156,6 +160,9 @@ pub struct CallRecord {
     /// The skills (minimum levels) the queue's routing step required when the agent answered.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub skills: std::collections::BTreeMap<String, u8>,
+    /// The outside number an IVR flow transferred the caller to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_to: Option<String>,
     /// The record of the call that asked for this callback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_of: Option<String>,

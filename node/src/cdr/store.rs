@@ -292,6 +292,7 @@ mod tests {
             priority: 0,
             survey_score: None,
             callback_of: None,
+            transferred_to: None,
             pool: None,
             skills: Default::default(),
             failover: None,

@@ -90,6 +90,8 @@ impl Prompts {
 pub struct FlowStore {
     current: RwLock<Arc<FlowSet>>,
     prompts: Arc<Prompts>,
+    /// The node's trunks, which transfer steps may name.
+    trunks: BTreeSet<String>,
     /// Where a standalone node keeps a set changed through the API.
     saved: Option<PathBuf>,
 }
@@ -100,6 +102,7 @@ impl FlowStore {
     pub fn open(
         initial: FlowSet,
         prompts: Arc<Prompts>,
+        trunks: BTreeSet<String>,
         saved: Option<PathBuf>,
     ) -> anyhow::Result<FlowStore> {
         let initial = match saved.as_deref().filter(|path| path.exists()) {
@@ -116,6 +119,7 @@ impl FlowStore {
         Ok(FlowStore {
             current: RwLock::new(Arc::new(initial)),
             prompts,
+            trunks,
             saved,
         })
     }
@@ -140,21 +144,24 @@ impl FlowStore {
     ) -> Result<(), String> {
         let catalog = Catalog {
             queues: queues.into_iter().map(str::to_owned).collect(),
-            trunks: BTreeSet::new(),
+            trunks: self.trunks.clone(),
             prompts: self.prompts.names(),
         };
         let mut problems: Vec<String> = match switchyard_flows::validate(set, &catalog) {
             Ok(()) => Vec::new(),
             Err(errors) => errors.iter().map(ToString::to_string).collect(),
         };
-        // The call core cannot send a flow's caller out through a trunk yet.
+        // A transfer naming no trunk goes through the only one there is.
         for flow in &set.flows {
             for (name, step) in &flow.steps {
-                if matches!(step.kind, StepKind::Transfer(_)) {
+                if let StepKind::Transfer(transfer) = &step.kind
+                    && transfer.trunk.is_none()
+                    && self.trunks.len() != 1
+                {
                     problems.push(format!(
-                        "flow {:?}, step {name:?}, field \"transfer\": transfers from a flow \
-                         are not supported yet",
-                        flow.name
+                        "flow {:?}, step {name:?}, field \"trunk\": name the trunk ({} configured)",
+                        flow.name,
+                        self.trunks.len()
                     ));
                 }
             }
@@ -232,7 +239,9 @@ mod tests {
             .expect("hotline example");
         let prompts = Prompts::load(&root.join("deploy/prompts")).expect("prompts");
         assert!(prompts.get("zh/welcome").is_some() && prompts.get("en/menu").is_some());
-        let store = FlowStore::open(config.flow_set(), Arc::new(prompts), None).expect("store");
+        let trunks = config.trunks.iter().map(|t| t.name.clone()).collect();
+        let store =
+            FlowStore::open(config.flow_set(), Arc::new(prompts), trunks, None).expect("store");
         let queues = config.queues.iter().map(|q| q.name.as_str());
         store.check(&store.current(), queues).expect("valid flows");
         let mut missing_prompt = config.flow_set();

@@ -18,15 +18,14 @@
 
 use std::time::Duration;
 
-use switchyard_sip::dialog::{self, Dialog};
+use switchyard_sip::dialog::Dialog;
 use switchyard_sip::headers::MessageExt;
 use switchyard_sip::rsip::{Response, StatusCode};
-use switchyard_sip::{message, sdp, transaction};
+use switchyard_sip::sdp;
 
-use super::super::legs::AgentInvite;
 use super::super::replica::MediaTarget;
 use super::dialogs::ack_of;
-use super::setup::{SUPPORTED_CODECS, agent_sdp};
+use super::setup::SUPPORTED_CODECS;
 use super::{CallCore, CallEnv, Effect, Leg, LegState, Phase, Role, Sound, Timer};
 use crate::acd::OfferOutcome;
 use crate::cdr::{Disposition, HangupBy};
@@ -222,74 +221,21 @@ impl CallCore {
         self.record.agent_call_id = Some(agent.sip_call_id.clone());
         let near = agent.endpoint.map(|e| e.id);
         self.legs.push(agent);
-        let Some(trunk) = env.trunk(&callback.trunk) else {
+        let Some(trunk) = env.trunk(Some(&callback.trunk)) else {
             tracing::error!(call = %self.id, trunk = %callback.trunk, "callback trunk is gone");
             return self.callback_attempt_failed(env);
         };
-        let endpoint = match env.allocate(near) {
-            Ok(ep) => ep,
-            Err(e) => {
-                tracing::warn!(error = %e, "no media port for a callback");
-                return self.callback_attempt_failed(env);
-            }
-        };
-        let Ok(target) = message::parse_uri(&format!("sip:{}@{}", callback.number, trunk.address))
-        else {
-            tracing::warn!(number = %callback.number, "callback number is not dialable");
-            Self::release_endpoint(env, Some(endpoint));
+        let calling = trunk
+            .caller_id
+            .clone()
+            .unwrap_or_else(|| self.record.did.clone());
+        let role = Role::Caller;
+        let Some(leg) = self.dial_out(env, role, &trunk, &callback.number, &calling, near) else {
             return self.callback_attempt_failed(env);
         };
-        let peer = transaction::Peer {
-            addr: trunk.address,
-            transport: if trunk.tcp {
-                transaction::Transport::Tcp
-            } else {
-                transaction::Transport::Udp
-            },
-            connection: None,
-        };
-        let local = env.local(peer.transport);
+        let sip_call_id = leg.sip_call_id.clone();
+        self.caller = leg;
         let attempt = callback.attempt + 1;
-        let sip_call_id = format!("{}-cb{attempt}@{}", self.id, local.addr.ip());
-        let branch = transaction::new_branch();
-        let local_tag = dialog::new_tag();
-        let sdp_session = u64::from(endpoint.local.port());
-        let offer = agent_sdp(&endpoint, sdp_session, 1);
-        let calling = trunk.caller_id.unwrap_or_else(|| self.record.did.clone());
-        let invite = AgentInvite {
-            local,
-            target: &target,
-            agent_id: &callback.number,
-            caller_user: &calling,
-            sip_call_id: &sip_call_id,
-            from_tag: &local_tag,
-            branch: &branch,
-            sdp: offer.clone(),
-            user_agent: &self.user_agent,
-        }
-        .build();
-        self.emit(Effect::Send {
-            request: invite.clone(),
-            to: peer,
-            owned: true,
-        });
-        self.caller = Leg {
-            role: Role::Caller,
-            state: LegState::Inviting,
-            sip_call_id: sip_call_id.clone(),
-            invite,
-            branch,
-            txn: None,
-            peer,
-            local,
-            local_tag,
-            dialog: None,
-            endpoint: Some(endpoint),
-            media: None,
-            sdp_session,
-            sdp_version: 1,
-            sdp: offer,
-        };
         self.record.caller_call_id = sip_call_id;
         if let Some(c) = self.callback.as_mut() {
             c.attempt = attempt;
@@ -333,38 +279,19 @@ impl CallCore {
             self.callback_attempt_failed(env);
             return true;
         }
-        match Dialog::new_uac(&self.caller.invite, response) {
-            Ok(d) => self.caller.dialog = Some(d),
-            Err(e) => {
-                tracing::warn!(error = %e, "customer 2xx without a usable dialog");
-                return true;
-            }
-        }
-        self.caller.state = LegState::Up;
-        if let Some(ack) = ack_of(&self.caller, 1) {
+        let (ack, answered) = Self::answer_out(env, &mut self.caller, response);
+        if let Some(ack) = ack {
             self.emit(ack);
         }
-        let answer = sdp::parse(&response.body)
-            .and_then(|a| sdp::negotiate(&a, &SUPPORTED_CODECS).map(|n| (a, n)));
+        if let Err(e) = answered {
+            tracing::warn!(error = %e, "customer answer unusable");
+            self.hang_up_caller();
+            self.callback_attempt_failed(env);
+            return true;
+        }
         let Some(ep) = self.caller.endpoint.map(|e| e.id) else {
             return true;
         };
-        match answer {
-            Ok((answer, negotiated)) => {
-                let target = MediaTarget::new(
-                    std::net::SocketAddr::new(answer.connection, answer.port),
-                    &negotiated,
-                );
-                env.set_remote(ep, &target);
-                self.caller.media = Some(target);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "customer answer SDP unusable");
-                self.hang_up_caller();
-                self.callback_attempt_failed(env);
-                return true;
-            }
-        }
         let language = self
             .callback
             .as_ref()

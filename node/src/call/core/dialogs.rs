@@ -82,6 +82,7 @@ impl CallCore {
                 match side {
                     Side::Caller => self.on_caller_gone(env),
                     Side::Leg(i) if self.legs[i].is_live_agent() => self.on_agent_bye(env),
+                    Side::Leg(i) if self.legs[i].is_outside() => self.outside_hung_up(env),
                     // The supervisor leaving ends the monitoring only.
                     Side::Leg(_) => self.end_monitor(env, false),
                 }
@@ -160,7 +161,12 @@ impl CallCore {
     pub(super) fn on_caller_cancel(&mut self, env: &mut dyn CallEnv) {
         if matches!(
             self.phase,
-            Phase::Routing | Phase::Ivr | Phase::Queued | Phase::Offering | Phase::Goodbye
+            Phase::Routing
+                | Phase::Ivr
+                | Phase::Queued
+                | Phase::Offering
+                | Phase::Goodbye
+                | Phase::Transferring
         ) {
             self.respond_to_caller(StatusCode::RequestTerminated);
             self.on_caller_gone(env);
@@ -171,8 +177,17 @@ impl CallCore {
     fn on_caller_gone(&mut self, env: &mut dyn CallEnv) {
         match self.phase {
             Phase::Connected => {
-                self.hang_up_agent();
-                self.finish(env, HangupBy::Caller, Disposition::Answered);
+                self.hang_up_answerer();
+                let disposition = if self.record.transferred_to.is_some() {
+                    Disposition::Transferred
+                } else {
+                    Disposition::Answered
+                };
+                self.finish(env, HangupBy::Caller, disposition);
+            }
+            Phase::Transferring => {
+                self.cancel_outside(env);
+                self.finish(env, HangupBy::Caller, Disposition::Abandoned);
             }
             Phase::Offering => {
                 self.withdraw_offer(env, OfferOutcome::CallerAbandoned);
@@ -237,8 +252,13 @@ impl CallCore {
         }
     }
 
-    pub(super) fn hang_up_agent(&mut self) {
-        if let Some(bye) = self.agent_mut().and_then(|leg| bye(leg, true)) {
+    /// BYE to whoever answered the caller: the agent, or the number a flow transferred to.
+    pub(super) fn hang_up_answerer(&mut self) {
+        let answerer = self
+            .legs
+            .iter_mut()
+            .find(|l| l.is_live_agent() || l.is_outside());
+        if let Some(bye) = answerer.and_then(|leg| bye(leg, true)) {
             self.emit(bye);
         }
     }
@@ -282,7 +302,7 @@ impl CallCore {
             }
             MediaEvent::RtpTimeout { .. } if self.phase == Phase::Connected && env.may_act() => {
                 tracing::info!(call = %self.record.id, "RTP timeout; hanging up");
-                self.hang_up_agent();
+                self.hang_up_answerer();
                 self.hang_up_caller();
                 self.finish(env, HangupBy::System, Disposition::Answered);
             }
@@ -330,7 +350,7 @@ impl CallCore {
         Self::release_endpoint(env, self.caller.endpoint.take());
         let sip_call_id = self.record.caller_call_id.clone();
         self.emit(Effect::Release { sip_call_id });
-        if let Some(mut leg) = self.take_agent() {
+        while let Some(mut leg) = self.take_leg(|l| l.is_live_agent() || l.is_outside()) {
             Self::release_endpoint(env, leg.endpoint.take());
             self.emit(Effect::Release {
                 sip_call_id: leg.sip_call_id,
@@ -445,5 +465,6 @@ fn disposition_label(d: Disposition) -> &'static str {
         Disposition::Closed => "closed",
         Disposition::HungUp => "hung-up",
         Disposition::CallbackRequested => "callback-requested",
+        Disposition::Transferred => "transferred",
     }
 }

@@ -116,6 +116,7 @@ impl CallCore {
             priority: 0,
             survey_score: None,
             callback_of: None,
+            transferred_to: None,
             pool: None,
             skills: Default::default(),
             failover: None,
@@ -724,7 +725,7 @@ impl CallCore {
         if let Some(failover) = self.record.failover.as_mut() {
             failover.outcome = FailoverOutcome::Dropped;
         }
-        self.hang_up_agent();
+        self.hang_up_answerer();
         self.hang_up_caller();
         let disposition = if self.record.answered_ms.is_some() {
             Disposition::Answered

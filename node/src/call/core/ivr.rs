@@ -196,10 +196,11 @@ impl CallCore {
                 };
                 self.end_flow(env, StatusCode::TemporarilyUnavailable, disposition);
             }
+            FlowCommand::Transfer { number, trunk } if self.record.answered_ms.is_none() => {
+                self.transfer_out(env, &number, trunk.as_deref());
+            }
             FlowCommand::Transfer { number, .. } => {
-                // Validation refuses transfer steps (not carried out yet); a set stored before
-                // that check still must not leave the caller hanging.
-                tracing::error!(call = %self.record.id, %number, "flow transfers are not supported");
+                tracing::warn!(call = %self.record.id, %number, "a survey cannot transfer the caller");
                 self.end_flow(env, StatusCode::ServiceUnavailable, Disposition::Failed);
             }
             FlowCommand::Failed { reason } => {

@@ -29,6 +29,8 @@ pub enum Role {
         extension: String,
         mode: MonitorMode,
     },
+    /// An outside number a flow transferred the caller to, through a trunk.
+    Outside { number: String },
 }
 
 /// Where a leg stands.
@@ -74,6 +76,11 @@ impl Leg {
     /// An agent leg being rung or connected (not one we cancelled).
     pub fn is_live_agent(&self) -> bool {
         matches!(self.role, Role::Agent { .. }) && self.state != LegState::Cancelled
+    }
+
+    /// A leg to an outside number (ringing or answered, not one we cancelled).
+    pub fn is_outside(&self) -> bool {
+        matches!(self.role, Role::Outside { .. }) && self.state != LegState::Cancelled
     }
 
     /// A supervisor leg being rung or monitoring (not one we cancelled).

@@ -30,6 +30,7 @@ mod monitor;
 mod setup;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,7 +85,8 @@ pub trait CallEnv {
     fn routing_facts(&self, queue: &str, agent_id: &str, waited_ms: u64) -> RoutingFacts;
     /// The queue's callback offer, if it makes one.
     fn callback_policy(&self, queue: &str) -> Option<CallbackPolicy>;
-    fn trunk(&self, name: &str) -> Option<TrunkConfig>;
+    /// The trunk `name`, or with `None` the only trunk there is.
+    fn trunk(&self, name: Option<&str>) -> Option<TrunkConfig>;
     /// The flow a caller of `queue` enters when the agent hangs up first (a satisfaction
     /// survey), if the queue has one.
     fn survey_flow(&self, queue: &str) -> Option<String>;
@@ -224,6 +226,8 @@ pub enum Timer {
     CallbackRetry,
     /// The customer's phone rang too long (attempt number).
     CallbackRing { attempt: u32 },
+    /// The number a flow transferred to rang too long.
+    TransferRing,
 }
 
 /// What the queue hears from the call.
@@ -315,6 +319,8 @@ pub enum Phase {
     Offering,
     /// A callback: the agent answered and the customer's phone is ringing.
     Dialling,
+    /// A flow transferred the caller: the outside number is ringing.
+    Transferring,
     Connected,
     /// Playing the goodbye prompt before refusing the call.
     Goodbye,
@@ -329,6 +335,7 @@ impl Phase {
         match self {
             Phase::Routing => "routing",
             Phase::Dialling => "dialling",
+            Phase::Transferring => "transferring",
             Phase::Ivr => "ivr",
             Phase::Queued => "queued",
             Phase::Offering => "offering",
@@ -425,7 +432,7 @@ impl CallCore {
             Input::ServerTimeout => {
                 // Our 200 to the caller was never ACKed: the caller is gone.
                 if self.phase == Phase::Connected && env.may_act() {
-                    self.hang_up_agent();
+                    self.hang_up_answerer();
                     self.finish(
                         env,
                         crate::cdr::HangupBy::System,
@@ -462,6 +469,7 @@ impl CallCore {
             Timer::CallbackConfirm => self.callback_not_confirmed(env),
             Timer::CallbackRetry => self.callback_retry(env),
             Timer::CallbackRing { attempt } => self.customer_ring_timeout(env, attempt),
+            Timer::TransferRing => self.transfer_ring_timeout(env),
         }
     }
 

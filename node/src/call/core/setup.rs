@@ -412,7 +412,9 @@ impl CallCore {
         if method != Method::Invite || code < 200 {
             return;
         }
-        if self.on_customer_response(env, &response, code) {
+        if self.on_customer_response(env, &response, code)
+            || self.on_transfer_response(env, &response, code)
+        {
             return;
         }
         if let Some(i) = self

@@ -44,11 +44,13 @@ next = "welcome"
 play = ["welcome"]
 next = "menu"
 [flow.steps.menu]
-menu = { prompt = ["menu"], options = { "1" = "sales", "2" = "support", "0" = "late" }, timeout_secs = 5, max_timeouts = 2, on_timeout = "support", on_invalid = "support" }
+menu = { prompt = ["menu"], options = { "1" = "sales", "2" = "support", "0" = "late", "3" = "out" }, timeout_secs = 5, max_timeouts = 2, on_timeout = "support", on_invalid = "support" }
 [flow.steps.sales]
 queue = { name = "sales", preferred_agent = "2001", preferred_wait_secs = 20 }
 [flow.steps.support]
 queue = { name = "support" }
+[flow.steps.out]
+transfer = { number = "4008001234" }
 [flow.steps.late]
 branch_time = { schedule = "late", open = "support", closed = "closed" }
 [flow.steps.closed]
@@ -222,8 +224,8 @@ impl CallEnv for FakeNode {
             ring_secs: 30,
         })
     }
-    fn trunk(&self, name: &str) -> Option<crate::config::TrunkConfig> {
-        (name == "carrier").then(|| crate::config::TrunkConfig {
+    fn trunk(&self, name: Option<&str>) -> Option<crate::config::TrunkConfig> {
+        (name.unwrap_or("carrier") == "carrier").then(|| crate::config::TrunkConfig {
             name: "carrier".into(),
             address: TRUNK.parse().expect("addr"),
             tcp: false,
@@ -2090,5 +2092,78 @@ fn the_record_names_the_answering_agents_pool_and_the_skills_then_required() {
         call.record.skills,
         [("support-skill".to_owned(), 1)].into(),
         "the step in force after 12 s in the queue"
+    );
+}
+
+/// A caller of 10086 that pressed 3: the flow transfers it to 4008001234 through the trunk.
+fn transferring_call(env: &mut FakeNode) -> (CallCore, Request) {
+    let mut call = started_call(env, "10086");
+    call.take_effects();
+    key(&mut call, env, '3');
+    assert_eq!(call.phase, Phase::Transferring);
+    let effects = call.take_effects();
+    let (invite, to) = sent(&effects, Method::Invite).remove(0);
+    assert_eq!(invite.uri.to_string(), format!("sip:4008001234@{TRUNK}"));
+    assert_eq!(to.addr, TRUNK.parse::<SocketAddr>().expect("addr"));
+    assert!(effects.iter().any(|e| matches!(e, Effect::Forget { .. })) || env.standbys.is_none());
+    (call, invite)
+}
+
+#[test]
+fn a_flow_transfers_the_caller_to_an_outside_number_through_the_trunk() {
+    let mut env = FakeNode::new();
+    let (mut call, invite) = transferring_call(&mut env);
+    call.handle(
+        &mut env,
+        Input::Response(phone_answer(&invite, 200, TRUNK, 7000)),
+    );
+    let effects = call.take_effects();
+    assert_eq!(responses(&effects), [200], "the caller is answered");
+    assert!(effects.iter().any(|e| matches!(e, Effect::Ack { .. })));
+    assert!(
+        env.took()
+            .iter()
+            .any(|op| matches!(op, MediaOp::Bridge(..)))
+    );
+    assert_eq!(call.phase, Phase::Connected);
+    let outside = call
+        .legs
+        .iter()
+        .find(|l| l.is_outside())
+        .expect("outside leg");
+    let bye = in_dialog(Method::Bye, outside, 2, "");
+    call.handle(&mut env, request_input(bye, TRUNK));
+    let effects = call.take_effects();
+    assert_eq!(sent(&effects, Method::Bye).len(), 1, "BYE to the caller");
+    let record = record_of(&effects).expect("record");
+    assert_eq!(record.disposition, Disposition::Transferred);
+    assert_eq!(record.hangup_by, HangupBy::Outside);
+    assert_eq!(record.transferred_to.as_deref(), Some("4008001234"));
+    assert_eq!(record.menu, "3");
+}
+
+#[test]
+fn an_unanswered_transfer_refuses_the_caller_and_a_cancel_stops_the_transfer() {
+    let mut env = FakeNode::new();
+    let (mut call, invite) = transferring_call(&mut env);
+    call.handle(
+        &mut env,
+        Input::Response(phone_answer(&invite, 486, TRUNK, 0)),
+    );
+    let effects = call.take_effects();
+    assert_eq!(responses(&effects), [480]);
+    assert_eq!(
+        record_of(&effects).expect("record").disposition,
+        Disposition::Failed
+    );
+
+    let (mut call, _) = transferring_call(&mut env);
+    call.handle(&mut env, Input::CallerCancelled);
+    let effects = call.take_effects();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Cancel { .. })));
+    assert_eq!(responses(&effects), [487]);
+    assert_eq!(
+        record_of(&effects).expect("record").disposition,
+        Disposition::Abandoned
     );
 }
