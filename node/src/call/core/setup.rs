@@ -394,6 +394,19 @@ impl CallCore {
         if self.supervisor().is_some_and(|s| s.branch == branch) {
             self.end_monitor(env, false);
         }
+        // The trunk never answered the INVITE of a transfer or of a callback's customer.
+        if self.phase == Phase::Transferring
+            && self
+                .legs
+                .iter()
+                .any(|l| l.is_outside() && l.branch == branch)
+        {
+            self.transfer_ring_timeout(env);
+        }
+        if self.phase == Phase::Dialling && self.caller.branch == branch {
+            let attempt = self.callback.as_ref().map_or(0, |c| c.attempt);
+            self.customer_ring_timeout(env, attempt);
+        }
         self.legs
             .retain(|l| !(l.state == LegState::Cancelled && l.branch == branch));
     }

@@ -2157,6 +2157,17 @@ fn an_unanswered_transfer_refuses_the_caller_and_a_cancel_stops_the_transfer() {
         Disposition::Failed
     );
 
+    // The trunk never answers at all (timer B): the caller is not left waiting.
+    let (mut call, _) = transferring_call(&mut env);
+    let branch = call
+        .legs
+        .iter()
+        .find(|l| l.is_outside())
+        .map(|l| l.branch.clone())
+        .expect("outside leg");
+    call.handle(&mut env, Input::ClientTimeout { branch });
+    assert_eq!(responses(&call.take_effects()), [480]);
+
     let (mut call, _) = transferring_call(&mut env);
     call.handle(&mut env, Input::CallerCancelled);
     let effects = call.take_effects();
