@@ -344,7 +344,10 @@ impl CallCore {
             Phase::Queued => Some(ReplicaPhase::Queued),
             Phase::Offering => Some(ReplicaPhase::Offering),
             // Still waiting for the answers to a take-over's re-INVITEs: not a call to copy.
-            Phase::Connected if self.resuming.is_none() => Some(ReplicaPhase::Connected),
+            // A transferred call is not copied (see `transfer`).
+            Phase::Connected if self.resuming.is_none() && self.record.transferred_to.is_none() => {
+                Some(ReplicaPhase::Connected)
+            }
             _ => None,
         }
     }
