@@ -21,11 +21,8 @@ use std::time::Duration;
 use switchyard_sip::dialog::Dialog;
 use switchyard_sip::headers::MessageExt;
 use switchyard_sip::rsip::{Response, StatusCode};
-use switchyard_sip::sdp;
 
-use super::super::replica::MediaTarget;
 use super::dialogs::ack_of;
-use super::setup::SUPPORTED_CODECS;
 use super::{CallCore, CallEnv, Effect, Leg, LegState, Phase, Role, Sound, Timer};
 use crate::acd::OfferOutcome;
 use crate::cdr::{Disposition, HangupBy};
@@ -194,26 +191,18 @@ impl CallCore {
         let Some(callback) = self.callback.clone() else {
             return;
         };
-        match Dialog::new_uac(&agent.invite, response) {
-            Ok(d) => agent.dialog = Some(d),
-            Err(e) => {
-                tracing::warn!(error = %e, "agent 2xx without a usable dialog");
-                self.legs.push(agent);
-                return self.withdraw_offer(env, OfferOutcome::Failed);
-            }
-        }
-        agent.state = LegState::Up;
-        self.send_ack(&agent);
-        let answer = sdp::parse(&response.body)
-            .and_then(|a| sdp::negotiate(&a, &SUPPORTED_CODECS).map(|n| (a, n)));
-        if let (Ok((answer, negotiated)), Some(ep)) = (answer, agent.endpoint) {
-            let target = MediaTarget::new(
-                std::net::SocketAddr::new(answer.connection, answer.port),
-                &negotiated,
-            );
-            env.set_remote(ep.id, &target);
-            agent.media = Some(target);
-            env.play(ep.id, Sound::MusicOnHold, true);
+        let (ack, answered) = Self::answer_out(env, &mut agent, response);
+        let Some(ack) = ack else {
+            tracing::warn!(error = ?answered.err(), "agent 2xx without a usable dialog");
+            self.legs.push(agent);
+            return self.withdraw_offer(env, OfferOutcome::Failed);
+        };
+        self.emit(ack);
+        match (answered, agent.endpoint) {
+            // The agent hears music while the customer is dialled.
+            (Ok(()), Some(ep)) => env.play(ep.id, Sound::MusicOnHold, true),
+            (Err(e), _) => tracing::warn!(error = %e, "agent answer SDP unusable; no music"),
+            (Ok(()), None) => {}
         }
         self.note_routing(env, &agent, env.now_ms());
         self.report_leg(env, &agent, OfferOutcome::Answered);
