@@ -107,7 +107,7 @@ impl CallCore {
                     timer: Timer::CallbackConfirm,
                 });
             }
-            Some(Stage::Confirming) if digit == '1' => {
+            Some(Stage::Confirming) if digit == '1' && self.phase == Phase::Queued => {
                 let Some(callback) = self.callback.as_mut() else {
                     return;
                 };
@@ -117,17 +117,20 @@ impl CallCore {
                     self.callback_booked(env);
                 }
             }
-            Some(Stage::Confirming) if digit == '2' => self.callback_not_confirmed(env),
+            Some(Stage::Confirming) if digit == '2' && self.phase == Phase::Queued => {
+                self.callback_not_confirmed(env)
+            }
             _ => {}
         }
     }
 
     /// No (or no answer): the caller keeps waiting with music.
     pub(super) fn callback_not_confirmed(&mut self, env: &mut dyn CallEnv) {
-        if self
-            .callback
-            .as_ref()
-            .is_some_and(|c| c.stage == Stage::Confirming)
+        if self.phase == Phase::Queued
+            && self
+                .callback
+                .as_ref()
+                .is_some_and(|c| c.stage == Stage::Confirming)
         {
             self.callback = None;
             if let Some(ep) = self.caller.endpoint {
@@ -139,6 +142,7 @@ impl CallCore {
     /// A prompt of the callback dialogue ended; true when the callback took it.
     pub(super) fn callback_prompt_finished(&mut self, env: &mut dyn CallEnv) -> bool {
         match self.callback.as_ref().map(|c| c.stage) {
+            _ if !matches!(self.phase, Phase::Queued | Phase::Dialling) => false,
             Some(Stage::Confirming) => true,
             Some(Stage::Confirmed) => {
                 self.callback_booked(env);
@@ -218,17 +222,17 @@ impl CallCore {
             .caller_id
             .clone()
             .unwrap_or_else(|| self.record.did.clone());
+        // Counted before dialling, so that a number that can never be dialled is given up.
+        let attempt = callback.attempt + 1;
+        if let Some(c) = self.callback.as_mut() {
+            c.attempt = attempt;
+        }
         let role = Role::Caller;
         let Some(leg) = self.dial_out(env, role, &trunk, &callback.number, &calling, near) else {
             return self.callback_attempt_failed(env);
         };
-        let sip_call_id = leg.sip_call_id.clone();
+        self.record.caller_call_id = leg.sip_call_id.clone();
         self.caller = leg;
-        let attempt = callback.attempt + 1;
-        self.record.caller_call_id = sip_call_id;
-        if let Some(c) = self.callback.as_mut() {
-            c.attempt = attempt;
-        }
         self.phase = Phase::Dialling;
         self.emit(Effect::After {
             delay: Duration::from_secs(callback.ring_secs),

@@ -204,7 +204,12 @@ impl CallCore {
                 self.finish(env, HangupBy::Caller, Disposition::Abandoned);
             }
             Phase::Goodbye => self.finish(env, HangupBy::Caller, Disposition::Overflowed),
-            // The customer of a callback is still being dialled: no dialog to end yet.
+            // The callback's customer hung up during the greeting.
+            Phase::Dialling if self.caller.state == LegState::Up => {
+                self.record.answered_ms.get_or_insert(env.now_ms());
+                self.hang_up_answerer();
+                self.finish(env, HangupBy::Caller, Disposition::Answered);
+            }
             Phase::HandedOver | Phase::Done | Phase::Dialling => {}
         }
     }
@@ -264,7 +269,9 @@ impl CallCore {
     }
 
     pub(super) fn hang_up_caller(&mut self) {
-        if let Some(bye) = bye(&mut self.caller, false) {
+        // A caller leg we placed (a callback's customer) is reached where its INVITE went.
+        let via_invite_peer = !self.caller.branch.is_empty();
+        if let Some(bye) = bye(&mut self.caller, via_invite_peer) {
             self.emit(bye);
         }
     }

@@ -438,7 +438,7 @@ impl CallCore {
 
     /// Continues a call taken over from its copy (see the module docs).
     pub(super) fn resume(&mut self, env: &mut dyn CallEnv) {
-        if self.is_callback() {
+        if self.is_callback() && self.phase == Phase::Queued {
             // No caller on the line: only the place in the queue continues.
             tracing::info!(call = %self.id, "taking a callback over");
             self.resuming = None;

@@ -474,6 +474,8 @@ impl CallCore {
         if self.is_callback() {
             return self.callback_agent_answered(env, leg, &response);
         }
+        // Answered while still being offered a callback: the offer is over.
+        self.callback = None;
         let dialog = match Dialog::new_uac(&leg.invite, &response) {
             Ok(d) => d,
             Err(e) => {
@@ -589,6 +591,8 @@ impl CallCore {
             let since = self.record.queued_ms.unwrap_or_else(|| env.now_ms());
             return self.enqueue(env, queue, since);
         }
+        // Overflowed while still being offered a callback: the offer is over.
+        self.callback = None;
         match action {
             Overflow::Queue { queue: target } => {
                 let since = self.record.queued_ms.unwrap_or_else(|| env.now_ms());

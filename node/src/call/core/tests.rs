@@ -2177,3 +2177,30 @@ fn an_unanswered_transfer_refuses_the_caller_and_a_cancel_stops_the_transfer() {
         Disposition::Abandoned
     );
 }
+
+#[test]
+fn an_agent_answering_during_the_callback_offer_ends_the_offer() {
+    let mut env = FakeNode::new();
+    let mut call = started_call(&mut env, "1000");
+    call.take_effects();
+    let ep = caller_ep(&call);
+    key(&mut call, &mut env, '9');
+    call.handle(&mut env, offer("2001"));
+    let (invite, _) = sent(&call.take_effects(), Method::Invite).remove(0);
+    call.handle(
+        &mut env,
+        Input::Response(phone_answer(&invite, 200, AGENT, 6000)),
+    );
+    assert_eq!(call.phase, Phase::Connected);
+    call.take_effects();
+    env.took();
+    call.handle(&mut env, Input::Timer(Timer::CallbackConfirm));
+    key(&mut call, &mut env, '1');
+    assert!(
+        !env.took()
+            .iter()
+            .any(|op| matches!(op, MediaOp::Play(e, _) if *e == ep)),
+        "no music or prompt on a connected caller"
+    );
+    assert!(responses(&call.take_effects()).is_empty(), "no 480");
+}
