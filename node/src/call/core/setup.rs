@@ -476,44 +476,28 @@ impl CallCore {
         }
         // Answered while still being offered a callback: the offer is over.
         self.callback = None;
-        let dialog = match Dialog::new_uac(&leg.invite, &response) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "agent 2xx without a usable dialog");
-                self.legs.push(leg);
-                return self.withdraw_offer(env, OfferOutcome::Failed);
-            }
+        let (ack, answered) = Self::answer_out(env, &mut leg, &response);
+        let Some(ack) = ack else {
+            tracing::warn!(error = ?answered.err(), "agent 2xx without a usable dialog");
+            self.legs.push(leg);
+            return self.withdraw_offer(env, OfferOutcome::Failed);
         };
-        leg.dialog = Some(dialog);
-        leg.state = LegState::Up;
-        self.send_ack(&leg);
-        let answer = sdp::parse(&response.body)
-            .and_then(|a| sdp::negotiate(&a, &SUPPORTED_CODECS).map(|n| (a, n)));
+        self.emit(ack);
+        if let Err(e) = answered {
+            // The agent's phone answered with SDP we cannot use: hang it up, try another.
+            tracing::warn!(agent = ?leg.agent_id(), error = %e, "agent answer SDP unusable");
+            self.send_bye(&mut leg, true);
+            Self::release_endpoint(env, leg.endpoint.take());
+            self.report_leg(env, &leg, OfferOutcome::Failed);
+            self.phase = Phase::Queued;
+            return;
+        }
         let (Some(agent_ep), Some(caller_ep)) = (leg.endpoint, self.caller.endpoint) else {
             return;
         };
-        match answer {
-            Ok((answer, negotiated)) => {
-                let target = MediaTarget::new(
-                    std::net::SocketAddr::new(answer.connection, answer.port),
-                    &negotiated,
-                );
-                env.set_remote(agent_ep.id, &target);
-                leg.media = Some(target);
-                if let Err(e) = env.bridge(caller_ep.id, agent_ep.id) {
-                    // Both legs are allocated on one worker; this is a bug if it happens.
-                    tracing::error!(error = %e, "cannot bridge call legs");
-                }
-            }
-            Err(e) => {
-                // The agent's phone answered with SDP we cannot use: hang it up, try another.
-                tracing::warn!(agent = ?leg.agent_id(), error = %e, "agent answer SDP unusable");
-                self.send_bye(&mut leg, true);
-                Self::release_endpoint(env, leg.endpoint.take());
-                self.report_leg(env, &leg, OfferOutcome::Failed);
-                self.phase = Phase::Queued;
-                return;
-            }
+        if let Err(e) = env.bridge(caller_ep.id, agent_ep.id) {
+            // Both legs are allocated on one worker; this is a bug if it happens.
+            tracing::error!(error = %e, "cannot bridge call legs");
         }
         let ok = legs::response_with_sdp(
             &self.caller.invite,
